@@ -1,0 +1,56 @@
+"""The ``wheelfarm`` command line: one small module per subcommand under ``wheelfarm.commands``.
+
+Each command module defines ``NAME``, ``HELP``, ``configure_parser(parser)`` and ``execute(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from .errors import WheelfarmError
+
+# Add a command by adding its module name here (module: wheelfarm/commands/<name>.py).
+COMMANDS = ["matrix", "name"]
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wheelfarm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"wheelfarm.commands.{name}")
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.configure_parser(p)
+        p.set_defaults(_execute=module.execute)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"wheelfarm {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._execute(args) or 0)
+    except WheelfarmError as exc:
+        kind = "bad input" if exc.exit_code == 2 else "failed"
+        err_console.print(f"[bold red]wheelfarm: {kind}:[/] {exc}", markup=True, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("wheelfarm: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``wheelfarm`` CLI, one module each."""
