@@ -15,7 +15,7 @@ from rich.console import Console
 from .errors import WheelfarmError
 
 # Add a command by adding its module name here (module: wheelfarm/commands/<name>.py).
-COMMANDS = ["matrix", "name"]
+COMMANDS = ["matrix", "name", "build"]
 
 err_console = Console(stderr=True, highlight=False)
 

@@ -1,0 +1,197 @@
+"""Build one cell on the host: the package's own setup.py through ``pip wheel --no-build-isolation``, steered by
+its knobs, with a planned MAX_JOBS, ninja progress, a log per cell, resume and OOM detection; the result is
+renamed to the upstream convention with consistent METADATA and moved into the wheelhouse whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import jobs, log, source
+from .config import Config
+from .errors import BuildFailed
+from .matrix import Cell
+from .monitor import Peaks, TreeMonitor
+from .toolchain import Toolchain
+from .wheelmeta import relabel, sha256_file
+
+NINJA_STEP = re.compile(r"^\s*\[(\d+)/(\d+)\]\s")
+OOM_SIGNS = ("signal 9", "Killed", "SIGKILL", "out of memory", "std::bad_alloc", "Cannot allocate memory")
+REPO_ROOT_PATCHES = "patches"
+
+
+@dataclass
+class BuildResult:
+    cell: Cell
+    ok: bool
+    log: Path
+    seconds: float
+    plan: jobs.JobPlan
+    wheel: Path | None = None
+    sha256: str = ""
+    size: int = 0
+    objects_compiled: int = 0
+    objects_total: int = 0
+    peaks: Peaks = field(default_factory=Peaks)
+    error: str = ""
+    attempts: int = 1
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "cell": self.cell.to_json(), "ok": self.ok, "wheel": str(self.wheel) if self.wheel else None,
+            "sha256": self.sha256, "size": self.size, "seconds": round(self.seconds, 1), "log": str(self.log),
+            "objects_compiled": self.objects_compiled, "objects_total": self.objects_total,
+            "peak_rss_mb": self.peaks.total_mb, "largest_process_mb": self.peaks.largest_mb,
+            "plan": self.plan.to_json(), "error": self.error, "attempts": self.attempts,
+        }
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    work_dir: Path
+    wheelhouse: Path
+
+    def group_dir(self, cell: Cell) -> Path:
+        return self.work_dir / "groups" / cell.group
+
+    def log_file(self, cell: Cell) -> Path:
+        return self.group_dir(cell) / "logs" / f"{cell.wheel}.log"
+
+
+def knob_env(config: Config, cell: Cell) -> dict[str, str]:
+    """The package's own build switches, set from the cell."""
+    knobs = config.packages[cell.package].knobs
+    env = {"TORCH_CUDA_ARCH_LIST": ";".join(f"{a[:-1]}.{a[-1]}" for a in cell.archs)}
+    if knobs.force_build:
+        env[knobs.force_build] = "TRUE"
+    if knobs.archs:
+        env[knobs.archs] = ";".join(cell.archs)
+    if knobs.local_version:
+        env[knobs.local_version] = cell.local_label
+    if knobs.force_cxx11_abi and cell.cxx11abi:
+        env[knobs.force_cxx11_abi] = "TRUE"
+    return env
+
+
+def plan_for(config: Config, cell: Cell, *, max_jobs: int | None = None) -> jobs.JobPlan:
+    package = config.packages[cell.package]
+    key = jobs.peak_key(cell.package, cell.version, cell.archs)
+    recorded = jobs.recorded_peak_mb(key)
+    per_job, origin = (recorded, "a recorded build") if recorded else (package.job_peak_mb, "build_matrix.toml")
+    return jobs.plan(cores=jobs.usable_cores(), memory=jobs.available_memory(), per_job_mb=per_job,
+                     per_job_source=origin, archs=len(cell.archs), nvcc_threads=package.nvcc_threads,
+                     max_jobs=max_jobs)
+
+
+def prepare_tree(config: Config, cell: Cell, paths: BuildPaths) -> Path:
+    """The patched source tree of the cell's group (kept between runs so a killed build resumes)."""
+    package = config.packages[cell.package]
+    pin = package.versions[cell.version]
+    src = package.source
+    if src.startswith("path:"):
+        src = "path:" + str((config.root / src[5:]).resolve())
+    return source.prepare_source(cell.package, cell.version, pin.sha256, src, config.root / REPO_ROOT_PATCHES,
+                                 paths.work_dir / "sdists", paths.group_dir(cell))
+
+
+def _stream(proc: subprocess.Popen[str], logfile: Path, label: str) -> Iterator[tuple[int, int]]:
+    """Copy the build output to its log; yield ninja's (done, total) steps as they appear."""
+    assert proc.stdout is not None
+    with logfile.open("a", encoding="utf-8") as out:
+        for line in proc.stdout:
+            out.write(line)
+            match = NINJA_STEP.match(line)
+            if match:
+                yield int(match.group(1)), int(match.group(2))
+
+
+def _run_build(cmd: list[str], env: dict[str, str], cwd: Path, logfile: Path, label: str
+               ) -> tuple[int, int, int, Peaks]:
+    """Run the build with a progress bar; returns (returncode, objects compiled, objects total, peaks)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    done = total = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with TreeMonitor(proc.pid) as monitor, Progress(*columns, console=log.console, transient=False) as bar:
+        task = bar.add_task(label, total=None)
+        last_tenth = -1
+        for done, total in _stream(proc, logfile, label):
+            bar.update(task, completed=done, total=total)
+            if not log.console.is_terminal and done * 10 // total != last_tenth:
+                last_tenth = done * 10 // total
+                log.info(f"  {label}: [{done}/{total}] objects")
+        proc.wait()
+    return proc.returncode, done, total, monitor.peaks
+
+
+def looks_oom(returncode: int, logfile: Path) -> bool:
+    if returncode in (-9, 137):
+        return True
+    tail = logfile.read_text(encoding="utf-8", errors="replace")[-20000:]
+    return any(sign in tail for sign in OOM_SIGNS)
+
+
+def _tail(logfile: Path, lines: int = 25) -> str:
+    return "\n".join(logfile.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, max_jobs: int | None = None,
+               retry_oom: bool = True, extra_env: dict[str, str] | None = None) -> BuildResult:
+    """Build ``cell`` with toolchain ``tc`` into ``paths.wheelhouse``; never leaves a partial wheel there."""
+    plan = plan_for(config, cell, max_jobs=max_jobs)
+    log.info(f"job plan: {plan.describe()}")
+    tree = prepare_tree(config, cell, paths)
+    logfile = paths.log_file(cell)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    logfile.write_text(f"# wheelfarm build of {cell.wheel}\n# plan: {plan.describe()}\n")
+    start, attempts = time.monotonic(), 0
+    outdir = Path(tempfile.mkdtemp(prefix="out-", dir=paths.group_dir(cell)))
+    try:
+        while True:
+            attempts += 1
+            env = {**tc.env(), **plan.env(), **knob_env(config, cell), **(extra_env or {})}
+            cmd = [str(tc.python), "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v",
+                   "--disable-pip-version-check", "-w", str(outdir), str(tree)]
+            with logfile.open("a") as f:
+                f.write(f"# attempt {attempts}: MAX_JOBS={plan.max_jobs}\n")
+            rc, done, total, peaks = _run_build(cmd, env, tree, logfile, cell.wheel)
+            if rc == 0:
+                break
+            if looks_oom(rc, logfile) and retry_oom and plan.max_jobs > 1:
+                fewer = max(1, plan.max_jobs // 2)
+                log.warn(f"{cell.wheel}: the build was killed, most likely out of memory with "
+                         f"MAX_JOBS={plan.max_jobs}; retrying with MAX_JOBS={fewer} (finished objects are kept)")
+                plan = jobs.plan(cores=plan.cores, memory=plan.memory, per_job_mb=plan.per_job_mb,
+                                 per_job_source=plan.per_job_source, archs=len(cell.archs),
+                                 nvcc_threads=plan.nvcc_threads, max_jobs=fewer)
+                continue
+            oom = looks_oom(rc, logfile)
+            why = (f"killed, most likely out of memory (MAX_JOBS={plan.max_jobs}); retry with --max-jobs "
+                   f"{max(1, plan.max_jobs // 2)}" if oom else f"exit code {rc}")
+            return BuildResult(cell, False, logfile, time.monotonic() - start, plan, objects_compiled=done,
+                               objects_total=total, peaks=peaks, attempts=attempts,
+                               error=f"build failed: {why}; log: {logfile}\n{_tail(logfile)}")
+        built = sorted(outdir.glob("*.whl"))
+        if len(built) != 1:
+            raise BuildFailed(f"expected one wheel from the build, found {[p.name for p in built]}; log: {logfile}")
+        paths.wheelhouse.mkdir(parents=True, exist_ok=True)
+        final = relabel(built[0], paths.wheelhouse / cell.wheel, pins={"torch": f"=={cell.torch}.*"})
+        if done and peaks.total_mb:
+            per_job = max(peaks.largest_mb, peaks.total_mb // max(1, min(plan.max_jobs, done)))
+            jobs.record_peak(jobs.peak_key(cell.package, cell.version, cell.archs), per_job, peaks.largest_mb)
+        return BuildResult(cell, True, logfile, time.monotonic() - start, plan, wheel=final,
+                           sha256=sha256_file(final), size=final.stat().st_size, objects_compiled=done,
+                           objects_total=total, peaks=peaks, attempts=attempts)
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)

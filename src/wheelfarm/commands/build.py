@@ -1,0 +1,106 @@
+"""``wheelfarm build``: build the selected cells into the wheelhouse, audit each wheel, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from .. import log, toolchain
+from ..build import BuildPaths, BuildResult, build_cell
+from ..config import Config
+from ..errors import BadInput
+from ..matrix import Cell
+from ..settings import add_matrix_options, load_config, selected_cells
+
+NAME = "build"
+HELP = "Build the selected cells (default: [farm].default-select) into the wheelhouse and audit them."
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add_matrix_options(parser)
+    parser.add_argument("--backend", choices=["auto", "host", "container"], default="host",
+                        help="where to compile (container: see `wheelfarm build --backend container`)")
+    parser.add_argument("--wheelhouse", type=Path, help="output folder (default: [farm].wheelhouse)")
+    parser.add_argument("--work-dir", type=Path, help="source trees, build dirs, logs (default: [farm].work-dir)")
+    parser.add_argument("--python", type=Path,
+                        help="reuse this interpreter and its torch instead of a managed venv (e.g. a GPU runner's)")
+    parser.add_argument("--cuda-home", type=Path, help="reuse this CUDA toolkit instead of the PyPI-assembled one")
+    parser.add_argument("--max-jobs", type=int, help="upper bound for MAX_JOBS (the planner may choose fewer)")
+    parser.add_argument("--no-audit", action="store_true", help="skip the audit of each built wheel")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+
+
+def _paths(config: Config, args: argparse.Namespace) -> BuildPaths:
+    root = config.root
+    return BuildPaths(work_dir=(args.work_dir or root / config.farm.work_dir).resolve(),
+                      wheelhouse=(args.wheelhouse or root / config.farm.wheelhouse).resolve())
+
+
+def _audit(result: BuildResult, tc: toolchain.Toolchain) -> None:
+    """Audit the built wheel (name == contents); a failed audit fails the cell."""
+    try:
+        from ..audit import audit_wheel, declared_from_cell
+    except ImportError:  # pragma: no cover - audit lands with its own issue
+        log.warn("audit module not available: wheel not audited")
+        return
+    assert result.wheel is not None
+    report = audit_wheel(result.wheel, declared=declared_from_cell(result.cell), torch_lib_dir=tc.torch_lib)
+    report.write()
+    if not report.passed:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.passed)
+        result.ok, result.error = False, f"audit failed: {failed}"
+
+
+def _summary(results: list[BuildResult]) -> Table:
+    table = Table(title="wheelfarm build")
+    for column in ("cell", "wheel", "size", "sha256", "time", "peak RSS", "objects", "result"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        table.add_row(r.cell.describe(), r.wheel.name if r.wheel else "-", f"{r.size / 2**20:.1f} MiB",
+                      r.sha256[:16], f"{r.seconds:.0f}s", f"{r.peaks.total_mb} MB",
+                      f"{r.objects_compiled}/{r.objects_total}", "ok" if r.ok else "FAILED")
+    return table
+
+
+def run_builds(config: Config, cells: list[Cell], args: argparse.Namespace) -> list[BuildResult]:
+    paths = _paths(config, args)
+    results = []
+    for index, cell in enumerate(sorted(cells, key=lambda c: (c.group, c.python)), start=1):
+        with log.step(f"[{index}/{len(cells)}] {cell.wheel}"):
+            tc = toolchain.prepare(config, cell, python=args.python, cuda_home=args.cuda_home)
+            log.info(f"toolchain: python {tc.python}, torch {tc.torch_version} (CUDA {tc.torch_cuda}, "
+                     f"cxx11abi={tc.cxx11abi}), CUDA_HOME={tc.cuda_home} (nvcc {tc.nvcc_version}), "
+                     f"{tc.compiler_version}")
+            result = build_cell(config, cell, tc, paths, max_jobs=args.max_jobs)
+            if result.ok and not args.no_audit:
+                _audit(result, tc)
+            if not result.ok:
+                log.error(f"{cell.wheel}: {result.error}")
+            results.append(result)
+    return results
+
+
+def execute(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    cells = selected_cells(config, args, use_default=True)
+    if not cells:
+        raise BadInput(f"no cell of {config.path.name} matches --select {' '.join(args.select) or '(default)'}",
+                       hint="list the cells with `wheelfarm matrix`")
+    if args.python and len({c.python for c in cells}) > 1:
+        raise BadInput("--python reuses one interpreter, but the selected cells need Pythons "
+                       f"{sorted({c.python for c in cells})}", hint="add --select python=X.Y")
+    if args.backend == "container":
+        from ..container_build import build_in_container
+
+        results = build_in_container(config, cells, args)
+    else:
+        if args.backend == "auto":
+            log.warn("--backend auto: building on the host; the wheel's glibc floor is this host's")
+        results = run_builds(config, cells, args)
+    log.console.print(_summary(results))
+    if args.json:
+        args.json.write_text(json.dumps([r.to_json() for r in results], indent=2))
+    return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,173 @@
+"""Expand build_matrix.toml into cells, reject impossible or duplicate ones, and select by ``KEY=GLOB``."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import naming
+from .compat import impossible, torch_cuda_build
+from .config import Block, Config
+from .errors import BadInput
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    package: str
+    version: str
+    torch: str
+    cuda: str
+    python: str
+    cxx11abi: bool
+    archs: tuple[str, ...]
+    variant: str = ""
+    platform: str = "linux_x86_64"
+
+    @property
+    def abi_flag(self) -> str:
+        return "TRUE" if self.cxx11abi else "FALSE"
+
+    @property
+    def python_tag(self) -> str:
+        return naming.python_tag(self.python)
+
+    @property
+    def local_label(self) -> str:
+        return naming.local_label(self.package, self.version, self.torch, self.cuda, self.cxx11abi, self.variant)
+
+    @property
+    def wheel_version(self) -> str:
+        return naming.wheel_version(self.package, self.version, self.torch, self.cuda, self.cxx11abi, self.variant)
+
+    @property
+    def wheel(self) -> str:
+        return naming.wheel_name(self.package, self.version, self.torch, self.cuda, self.python, self.cxx11abi,
+                                 self.platform, self.variant)
+
+    @property
+    def index(self) -> str:
+        """The variant index key: ``<mirror>/<index>/simple/`` serves this cell's wheel."""
+        return self.local_label
+
+    @property
+    def group(self) -> str:
+        """Cells of one group share every compile but the Python binding (DESIGN.md)."""
+        return f"{self.package}-{self.version}+{self.local_label}-sm{'_'.join(self.archs)}"
+
+    def describe(self) -> str:
+        return (f"{self.package} {self.version} torch {self.torch} CUDA {self.cuda} Python {self.python} "
+                f"cxx11abi={self.abi_flag} archs={','.join(self.archs)}"
+                + (f" variant={self.variant}" if self.variant else ""))
+
+    def to_json(self, config: Config | None = None) -> dict[str, Any]:
+        data = asdict(self)
+        data["archs"] = list(self.archs)
+        data.update(wheel=self.wheel, index=self.index, group=self.group, wheel_version=self.wheel_version)
+        if config is not None:
+            data["torch_cuda"] = torch_cuda_build(config.torch[self.torch], self.cuda)
+        return data
+
+
+def _torch_minor(value: str) -> str:
+    return ".".join(value.split(".")[:2])
+
+
+def _block_cells(config: Config, block: Block) -> Iterable[tuple[Cell, tuple[str | int, ...]]]:
+    key = ("matrix", block.index)
+    if block.package not in config.packages:
+        raise config.error((*key, "package"), f"matrix[{block.index}].package: unknown package {block.package!r}",
+                           hint=_close(block.package, config.packages))
+    package = config.packages[block.package]
+    if block.variant and block.variant not in config.variants:
+        raise config.error((*key, "variant"), f"matrix[{block.index}].variant: unknown variant {block.variant!r}",
+                           hint=_close(block.variant, config.variants))
+    variant = config.variants.get(block.variant)
+    for version, torch, cuda, python, abi in itertools.product(
+        block.versions, block.torch, block.cuda, block.python, block.cxx11abi
+    ):
+        if version not in package.versions:
+            raise config.error((*key, "version"), f"matrix[{block.index}].version: {block.package} {version!r} "
+                               f"has no sha256 pin in [packages.{block.package}.versions]",
+                               hint=_close(version, package.versions))
+        archs = block.archs or (variant.archs if variant and variant.archs else package.versions[version].archs)
+        cell = Cell(block.package, version, _torch_minor(torch), cuda, python, abi, tuple(archs), block.variant,
+                    block.platform)
+        if _excluded(cell, block):
+            continue
+        yield cell, key
+
+
+def _excluded(cell: Cell, block: Block) -> bool:
+    return any(all(_matches_value(cell, k, v) for k, v in rule.items()) for rule in block.exclude)
+
+
+def _matches_value(cell: Cell, key: str, value: Any) -> bool:
+    if key == "torch":
+        return cell.torch == _torch_minor(str(value))
+    if key == "archs":
+        return list(cell.archs) == [str(v) for v in value]
+    return bool(getattr(cell, key) == value)
+
+
+def expand(config: Config) -> list[Cell]:
+    """All cells of all blocks; an impossible or duplicate cell is a located ConfigError (exit 2)."""
+    seen: dict[str, tuple[str | int, ...]] = {}
+    cells: list[Cell] = []
+    for block in config.blocks:
+        for cell, key in _block_cells(config, block):
+            reason = impossible(config, package=cell.package, version=cell.version, torch=cell.torch,
+                                cuda=cell.cuda, python=cell.python, cxx11abi=cell.cxx11abi, archs=cell.archs)
+            if reason:
+                raise config.error(key, f"{block.name}: impossible cell ({cell.describe()}): {reason}",
+                                   hint="remove the value or add an exclude = [{...}] rule for it")
+            if cell.wheel in seen:
+                first = config.locator.line(seen[cell.wheel])
+                raise config.error(key, f"{block.name}: duplicate cell {cell.wheel} (already produced by the "
+                                   f"[[matrix]] entry at line {first})")
+            seen[cell.wheel] = key
+            cells.append(cell)
+    return cells
+
+
+SELECT_KEYS = ("package", "version", "torch", "cuda", "python", "cxx11abi", "archs", "variant", "platform",
+               "wheel", "index", "group")
+
+
+def _cell_value(cell: Cell, key: str) -> str:
+    if key == "cxx11abi":
+        return cell.abi_flag
+    if key == "archs":
+        return ",".join(cell.archs)
+    return str(getattr(cell, key))
+
+
+def parse_selectors(selectors: Sequence[str]) -> dict[str, list[str]]:
+    parsed: dict[str, list[str]] = {}
+    for item in selectors:
+        key, sep, pattern = item.partition("=")
+        key = key.strip()
+        if not sep or not pattern:
+            raise BadInput(f"--select {item!r}: expected KEY=GLOB, e.g. torch=2.8 or python=3.1*")
+        if key not in SELECT_KEYS:
+            raise BadInput(f"--select {item!r}: unknown key {key!r}", hint=_close(key, SELECT_KEYS)
+                           or f"keys: {', '.join(SELECT_KEYS)}")
+        if key == "cxx11abi":
+            pattern = pattern.upper()
+        parsed.setdefault(key, []).append(pattern)
+    return parsed
+
+
+def select(cells: Iterable[Cell], selectors: Sequence[str]) -> list[Cell]:
+    """Keep cells matching every key (patterns of one key are alternatives)."""
+    parsed = parse_selectors(selectors)
+    return [c for c in cells
+            if all(any(fnmatch.fnmatchcase(_cell_value(c, k), p) for p in pats) for k, pats in parsed.items())]
+
+
+def _close(word: str, options: Iterable[str]) -> str | None:
+    match = difflib.get_close_matches(word, list(options), n=1)
+    return f"did you mean {match[0]!r}?" if match else None
