@@ -11,11 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import WheelfarmError
 
 # Add a command by adding its module name here (module: wheelfarm/commands/<name>.py).
-COMMANDS = ["matrix", "name", "build"]
+COMMANDS = ["matrix", "name", "build", "audit"]
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._execute(args) or 0)
     except WheelfarmError as exc:
         kind = "bad input" if exc.exit_code == 2 else "failed"
-        err_console.print(f"[bold red]wheelfarm: {kind}:[/] {exc}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]wheelfarm: {kind}:[/] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("wheelfarm: interrupted")

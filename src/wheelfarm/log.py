@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True, highlight=False)
 
@@ -23,13 +24,13 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     if on_github_actions():
         print(f"::warning::{message}", flush=True)
-    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def error(message: str) -> None:
     if on_github_actions():
         print(f"::error::{message}", flush=True)
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -38,10 +39,10 @@ def step(title: str) -> Iterator[None]:
     start = time.monotonic()
     if on_github_actions():
         print(f"::group::{title}", flush=True)
-    console.print(f"[bold cyan]▶ {title}[/]", soft_wrap=True)
+    console.print(f"[bold cyan]▶ {escape(title)}[/]", soft_wrap=True)
     try:
         yield
     finally:
         if on_github_actions():
             print("::endgroup::", flush=True)
-        console.print(f"[dim]  {title}: {time.monotonic() - start:.1f}s[/]", soft_wrap=True)
+        console.print(f"[dim]  {escape(title)}: {time.monotonic() - start:.1f}s[/]", soft_wrap=True)

@@ -126,7 +126,7 @@ def expand(config: Config) -> list[Cell]:
                                    hint="remove the value or add an exclude = [{...}] rule for it")
             if cell.wheel in seen:
                 first = config.locator.line(seen[cell.wheel])
-                raise config.error(key, f"{block.name}: duplicate cell {cell.wheel} (already produced by the "
+                raise config.error((*key, "name"), f"{block.name}: duplicate cell {cell.wheel} (already produced by the "
                                    f"[[matrix]] entry at line {first})")
             seen[cell.wheel] = key
             cells.append(cell)
@@ -150,7 +150,7 @@ def parse_selectors(selectors: Sequence[str]) -> dict[str, list[str]]:
     for item in selectors:
         key, sep, pattern = item.partition("=")
         key = key.strip()
-        if not sep or not pattern:
+        if not sep:
             raise BadInput(f"--select {item!r}: expected KEY=GLOB, e.g. torch=2.8 or python=3.1*")
         if key not in SELECT_KEYS:
             raise BadInput(f"--select {item!r}: unknown key {key!r}", hint=_close(key, SELECT_KEYS)

@@ -62,6 +62,9 @@ class Locator:
     def line(self, path: Path) -> int | None:
         """The line assigning ``path``, else the nearest enclosing table or key found."""
         key = tuple(path)
+        nested = [line for k, line in (*self._table_lines.items(), *self._key_lines.items()) if k[: len(key)] == key]
+        if key not in self._key_lines and key not in self._table_lines and nested:
+            return min(nested)  # a table only present through sub-tables, e.g. [variant.sm90]
         while key:
             if key in self._key_lines:
                 return self._key_lines[key]
