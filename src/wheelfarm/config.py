@@ -90,6 +90,7 @@ class CudaRelease:
     version: str
     index_url: str
     toolkit: tuple[str, ...]
+    nvcc_in_wheels: bool
     max_gcc: int | None
     max_clang: int | None
 
@@ -319,11 +320,12 @@ def _cuda(r: _Reader, version: str, table: Any) -> CudaRelease:
     key: KeyPath = ("cuda", version)
     if not MINOR.match(version) or not isinstance(table, dict):
         raise r.error(key, f"[cuda.\"{version}\"] must be keyed by CUDA major.minor and be a table")
-    r.keys(table, {"index-url", "toolkit", "max-gcc", "max-clang"}, key)
+    r.keys(table, {"index-url", "toolkit", "nvcc-in-wheels", "max-gcc", "max-clang"}, key)
     return CudaRelease(
         version=version,
         index_url=r.get(table, "index-url", str, key),
         toolkit=r.strings(table, "toolkit", key),
+        nvcc_in_wheels=r.get(table, "nvcc-in-wheels", bool, key, True),
         max_gcc=r.get(table, "max-gcc", int, key, None),
         max_clang=r.get(table, "max-clang", int, key, None),
     )

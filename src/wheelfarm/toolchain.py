@@ -143,6 +143,10 @@ def assemble_cuda_home(site: Path, dest: Path) -> Path:
 
 def ensure_cuda_home(cuda: CudaRelease, *, refresh: bool = False) -> Path:
     """CUDA_HOME for ``cuda`` from its pinned PyPI wheels; cached and shared by every cell with that CUDA."""
+    if not cuda.nvcc_in_wheels:
+        raise BadInput(f"CUDA {cuda.version}'s PyPI wheels carry no nvcc (only CUDA 13+ wheels form a toolkit)",
+                       hint="pass --cuda-home with a CUDA toolkit of that version, or use --backend container "
+                            "(the image recipes install it)")
     base = cache_dir() / "cuda" / cuda.version
     marker = base / "cuda_home"
     if marker.exists() and not refresh:
