@@ -5,6 +5,7 @@ renamed to the upstream convention with consistent METADATA and moved into the w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from .config import Config
 from .errors import BuildFailed
 from .matrix import Cell
 from .monitor import Peaks, TreeMonitor
+from .paths import cache_dir
 from .toolchain import Toolchain
 from .wheelmeta import relabel, sha256_file
 
@@ -45,6 +47,8 @@ class BuildResult:
     peaks: Peaks = field(default_factory=Peaks)
     error: str = ""
     attempts: int = 1
+    cache_hits: int = 0
+    cache_stores: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -53,6 +57,7 @@ class BuildResult:
             "objects_compiled": self.objects_compiled, "objects_total": self.objects_total,
             "peak_rss_mb": self.peaks.total_mb, "largest_process_mb": self.peaks.largest_mb,
             "plan": self.plan.to_json(), "error": self.error, "attempts": self.attempts,
+            "compile_cache": {"hits": self.cache_hits, "stores": self.cache_stores},
         }
 
 
@@ -81,6 +86,72 @@ def knob_env(config: Config, cell: Cell) -> dict[str, str]:
     if knobs.force_cxx11_abi and cell.cxx11abi:
         env[knobs.force_cxx11_abi] = "TRUE"
     return env
+
+
+def compile_cache_env(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths) -> dict[str, str]:
+    """Route torch's nvcc calls through wheelfarm's nvcc_cache so a group's Pythons share their .cu objects."""
+    wrapper = paths.work_dir / "bin" / "nvcc-cache"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).with_name("nvcc_cache.py")
+    text = f'#!/bin/sh\nexec "{tc.python}" "{script}" "$@"\n'
+    if not wrapper.exists() or wrapper.read_text() != text:
+        wrapper.write_text(text)
+        wrapper.chmod(0o755)
+    patches = sorted((config.root / REPO_ROOT_PATCHES / cell.package / cell.version).glob("*.patch"))
+    salt = "|".join([tc.torch_version, config.packages[cell.package].versions[cell.version].sha256,
+                     *(sha256_file(p) for p in patches)])
+    return {"PYTORCH_NVCC": str(wrapper), "WHEELFARM_REAL_NVCC": str(tc.cuda_home / "bin" / "nvcc"),
+            "WHEELFARM_COMPILE_CACHE": str(paths.work_dir / "compile-cache"), "WHEELFARM_CACHE_SALT": salt,
+            "WHEELFARM_CACHE_STATS": str(paths.log_file(cell).with_suffix(".cache-stats"))}
+
+
+def durations_file(cell: Cell) -> Path:
+    """Per-object compile seconds of earlier builds of this package/version/archs (seeded from data/)."""
+    name = f"{cell.package}-{cell.version}-sm{'_'.join(cell.archs)}.json"
+    path = cache_dir() / "durations" / name
+    seed = Path(__file__).with_name("data") / "durations" / name
+    if not path.exists() and seed.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(seed, path)
+    return path
+
+
+def lpt_env(cell: Cell, paths: BuildPaths, python: Path, path_var: str) -> dict[str, str]:
+    """Put the ninja shim first on PATH so the longest objects start first (see ninja_order.py)."""
+    shim_dir = paths.work_dir / "bin" / "lpt"
+    shim_dir.mkdir(parents=True, exist_ok=True)
+    shim = shim_dir / "ninja"
+    text = f'#!/bin/sh\nexec "{python}" "{Path(__file__).with_name("ninja_order.py")}" "$@"\n'
+    if not shim.exists() or shim.read_text() != text:
+        shim.write_text(text)
+        shim.chmod(0o755)
+    real = shutil.which("ninja", path=path_var)
+    if real is None:
+        raise BuildFailed("no ninja found on PATH", hint="pip install ninja into the build environment")
+    return {"PATH": f"{shim_dir}{os.pathsep}{path_var}", "WHEELFARM_REAL_NINJA": real,
+            "WHEELFARM_DURATIONS": str(durations_file(cell))}
+
+
+def record_durations(tree: Path, cell: Cell) -> None:
+    """Fold this build's .ninja_log into the durations file; cache hits (under 2 s) don't replace compiles."""
+    path = durations_file(cell)
+    known: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+    for ninja_log in tree.glob("build/temp*/.ninja_log"):
+        for line in ninja_log.read_text().splitlines()[1:]:
+            fields = line.split("\t")
+            if len(fields) < 4:
+                continue
+            seconds = (int(fields[1]) - int(fields[0])) / 1000
+            name = Path(fields[3]).name
+            if seconds >= 2 or name not in known:
+                known[name] = round(seconds, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(known.items(), key=lambda kv: -kv[1])), indent=1) + "\n")
+
+
+def _cache_counts(stats: Path) -> tuple[int, int]:
+    lines = stats.read_text().splitlines() if stats.exists() else []
+    return sum(ln.startswith("hit ") for ln in lines), sum(ln.startswith("miss ") for ln in lines)
 
 
 def plan_for(config: Config, cell: Cell, *, max_jobs: int | None = None) -> jobs.JobPlan:
@@ -147,7 +218,8 @@ def _tail(logfile: Path, lines: int = 25) -> str:
 
 
 def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, max_jobs: int | None = None,
-               retry_oom: bool = True, extra_env: dict[str, str] | None = None) -> BuildResult:
+               retry_oom: bool = True, compile_cache: bool = True, lpt: bool = True, extra_env: dict[str, str] | None = None
+               ) -> BuildResult:
     """Build ``cell`` with toolchain ``tc`` into ``paths.wheelhouse``; never leaves a partial wheel there."""
     plan = plan_for(config, cell, max_jobs=max_jobs)
     log.info(f"job plan: {plan.describe()}")
@@ -156,11 +228,16 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
     logfile.parent.mkdir(parents=True, exist_ok=True)
     logfile.write_text(f"# wheelfarm build of {cell.wheel}\n# plan: {plan.describe()}\n")
     start, attempts = time.monotonic(), 0
+    cache_env = compile_cache_env(config, cell, tc, paths) if compile_cache else {}
+    stats = Path(cache_env.get("WHEELFARM_CACHE_STATS", logfile.with_suffix(".cache-stats")))
+    stats.unlink(missing_ok=True)
     outdir = Path(tempfile.mkdtemp(prefix="out-", dir=paths.group_dir(cell)))
     try:
         while True:
             attempts += 1
-            env = {**tc.env(), **plan.env(), **knob_env(config, cell), **(extra_env or {})}
+            base = tc.env()
+            env = {**base, **plan.env(), **knob_env(config, cell), **cache_env,
+                   **(lpt_env(cell, paths, tc.python, base["PATH"]) if lpt else {}), **(extra_env or {})}
             cmd = [str(tc.python), "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v",
                    "--disable-pip-version-check", "-w", str(outdir), str(tree)]
             with logfile.open("a") as f:
@@ -190,8 +267,11 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
         if done and peaks.total_mb:
             per_job = max(peaks.largest_mb, peaks.total_mb // max(1, min(plan.max_jobs, done)))
             jobs.record_peak(jobs.peak_key(cell.package, cell.version, cell.archs), per_job, peaks.largest_mb)
+        record_durations(tree, cell)
+        hits, stores = _cache_counts(stats)
         return BuildResult(cell, True, logfile, time.monotonic() - start, plan, wheel=final,
                            sha256=sha256_file(final), size=final.stat().st_size, objects_compiled=done,
-                           objects_total=total, peaks=peaks, attempts=attempts)
+                           objects_total=total, peaks=peaks, attempts=attempts, cache_hits=hits,
+                           cache_stores=stores)
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
