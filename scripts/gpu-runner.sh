@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# An offline GPU runner's steps (the device machine: H100, torch 2.11.0+cu130, CPython 3.12, no internet).
+# Everything it needs travels in the working tree: .whl/ (pure-Python wheels for wheelfarm and the tests),
+# .wheelfarm/cache/sdists/ (the pinned flash-attn sdist), and, for later steps, the built wheel.
+#
+#   scripts/gpu-runner.sh start      # bootstrap, then the flash-attn build in the background (setsid)
+#   scripts/gpu-runner.sh status     # progress of the background build
+#   scripts/gpu-runner.sh collect    # copy results (logs, JSON, the wheel in ≤15 MiB parts) to $OUT
+#
+# Reproduces docs/gpu-runs/: the cell is flash-attn 2.8.3.post2 / torch 2.11 / CUDA 13.0 / cp312 / ABI TRUE / sm90.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WF=${WF:-/root/wf}
+SELECT=${SELECT:-"package=flash-attn torch=2.11 python=3.12 variant=sm90"}
+
+bootstrap() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH
+  mkdir -p "$WF/sdists"
+  cp -n .wheelfarm/cache/sdists/*.tar.gz "$WF/sdists/" 2>/dev/null || true
+}
+
+case "${1:-}" in
+  start)
+    bootstrap
+    PY=$(python3 -c 'import sys; print(sys.executable)')
+    {
+      date -u; nproc; free -g | head -2; nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv
+      "$PY" -c 'import torch; print("torch", torch.__version__, torch.version.cuda, torch._C._GLIBCXX_USE_CXX11_ABI)'
+      ninja --version; /usr/local/cuda/bin/nvcc --version | tail -2; ldd --version | head -1; g++ --version | head -1
+    } > "$WF/machine.txt" 2>&1
+    cat "$WF/machine.txt"
+    # memory trace like shared/measurements: unix time, used MB, number of compiler processes
+    setsid bash -c "while sleep 5; do echo \"\$(date +%s) \$(free -m | awk '/Mem/{print \$3}') \$(pgrep -c 'cicc|ptxas|cc1plus')\"; done > $WF/mem.log" &
+    # shellcheck disable=SC2086
+    setsid bash -c "cd $PWD && export PYTHONPATH=$PYTHONPATH PATH=$PATH && date +%s > $WF/build.start && \
+      python3 -m wheelfarm build --select $SELECT --python $PY --cuda-home /usr/local/cuda \
+      --work-dir $WF --wheelhouse $WF/wheelhouse --json $WF/build.json ${BUILD_ARGS:-} > $WF/build.out 2>&1; \
+      echo \$? > $WF/build.rc; date +%s > $WF/build.end" < /dev/null > /dev/null 2>&1 &
+    sleep 20; tail -5 "$WF/build.out"
+    ;;
+  status)
+    echo "elapsed: $(( $(date +%s) - $(cat "$WF/build.start") ))s rc=$(cat "$WF/build.rc" 2>/dev/null || echo running)"
+    grep -E '^\s*\[[0-9]+/[0-9]+\]' "$WF/build.out" | tail -1 || true
+    grep -a "objects" "$WF/build.out" | tail -2 || true
+    tail -3 "$WF/mem.log"; tail -5 "$WF/build.out"
+    ;;
+  collect)
+    out=${OUT:?}; mkdir -p "$out/run"
+    cp "$WF"/{machine.txt,build.out,build.json,mem.log,build.start,build.end,build.rc} "$out/run/" 2>/dev/null || true
+    find "$WF/groups" -name .ninja_log -exec cp {} "$out/run/ninja_log" \; 2>/dev/null || true
+    for w in "$WF"/wheelhouse/*.whl; do
+      [ -e "$w" ] || continue
+      cp "$w".*.json "$out/run/" 2>/dev/null || true
+      (cd "$out" && split -b 15M -d "$w" "wheelpart-" && sha256sum "$w" > "$out/run/wheel.sha256" && basename "$w" > "$out/run/wheel.name")
+    done
+    ls -la "$out" "$out/run"
+    ;;
+  *) echo "usage: $0 start|status|collect" >&2; exit 2 ;;
+esac
