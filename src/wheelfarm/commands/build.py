@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .. import log, toolchain
+from ..audit import Declared, audit_wheel
 from ..build import BuildPaths, BuildResult, build_cell
 from ..config import Config
 from ..errors import BadInput
@@ -39,16 +40,11 @@ def _paths(config: Config, args: argparse.Namespace) -> BuildPaths:
                       wheelhouse=(args.wheelhouse or root / config.farm.wheelhouse).resolve())
 
 
-def _audit(result: BuildResult, tc: toolchain.Toolchain) -> None:
+def _audit(result: BuildResult, tc: toolchain.Toolchain, max_glibc: str | None = None) -> None:
     """Audit the built wheel (name == contents); a failed audit fails the cell."""
-    try:
-        from ..audit import audit_wheel, declared_from_cell
-    except ImportError:  # pragma: no cover - audit lands with its own issue
-        log.warn("audit module not available: wheel not audited")
-        return
     assert result.wheel is not None
-    report = audit_wheel(result.wheel, declared=declared_from_cell(result.cell), torch_lib_dir=tc.torch_lib)
-    report.write()
+    declared = Declared(archs=result.cell.archs, torch=result.cell.torch, max_glibc=max_glibc)
+    report = audit_wheel(result.wheel, declared=declared, torch_lib_dir=tc.torch_lib)
     if not report.passed:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.passed)
         result.ok, result.error = False, f"audit failed: {failed}"
