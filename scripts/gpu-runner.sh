@@ -5,6 +5,7 @@
 #
 #   scripts/gpu-runner.sh start      # bootstrap, then the flash-attn build in the background (setsid)
 #   scripts/gpu-runner.sh status     # progress of the background build
+#   scripts/gpu-runner.sh finish     # audit → publish to a local mirror → pip install from it → forward pass
 #   scripts/gpu-runner.sh collect    # copy results (logs, JSON, the wheel in ≤15 MiB parts) to $OUT
 #
 # Reproduces docs/gpu-runs/: the cell is flash-attn 2.8.3.post2 / torch 2.11 / CUDA 13.0 / cp312 / ABI TRUE / sm90.
@@ -31,7 +32,7 @@ case "${1:-}" in
     } > "$WF/machine.txt" 2>&1
     cat "$WF/machine.txt"
     # memory trace like shared/measurements: unix time, used MB, number of compiler processes
-    setsid bash -c "while sleep 5; do echo \"\$(date +%s) \$(free -m | awk '/Mem/{print \$3}') \$(pgrep -c 'cicc|ptxas|cc1plus')\"; done > $WF/mem.log" &
+    setsid bash -c "while sleep 5; do echo \"\$(date +%s) \$(free -m | awk '/Mem/{print \$3}') \$(pgrep -c 'cicc|ptxas|cc1plus')\"; done > $WF/mem.log" < /dev/null > /dev/null 2>&1 &
     # shellcheck disable=SC2086
     setsid bash -c "cd $PWD && export PYTHONPATH=$PYTHONPATH PATH=$PATH && date +%s > $WF/build.start && \
       python3 -m wheelfarm build --select $SELECT --python $PY --cuda-home /usr/local/cuda \
@@ -45,9 +46,33 @@ case "${1:-}" in
     grep -a "objects" "$WF/build.out" | tail -2 || true
     tail -3 "$WF/mem.log"; tail -5 "$WF/build.out"
     ;;
+  finish)
+    # audit → publish to a local mirror → plain pip install from its variant index → import + forward pass
+    bootstrap
+    export WHEELFARM_CUOBJDUMP=/usr/local/cuda/bin/cuobjdump CUDA_HOME=/usr/local/cuda
+    W=$(ls "$WF"/wheelhouse/*.whl | head -1)
+    python3 -m wheelfarm audit "$W" --python "$(python3 -c 'import sys; print(sys.executable)')" > "$WF/audit.out" 2>&1 || true
+    tail -25 "$WF/audit.out"
+    python3 -m wheelfarm publish "$W" --to "$WF/mirror" > "$WF/publish.out" 2>&1; tail -5 "$WF/publish.out"
+    LABEL=$(basename "$W" | sed -E 's/^[^-]+-[^+]+\+([^-]+)-.*/\1/')
+    rm -rf "$WF/consumer"; python3 -m venv --system-site-packages --without-pip "$WF/consumer"
+    PYTHONPATH=/tmp/site "$WF/consumer/bin/python" -m pip install --no-cache-dir --index-url "file://$WF/mirror/$LABEL/simple" \
+      --find-links "$PWD/.whl" flash-attn > "$WF/install.out" 2>&1; tail -3 "$WF/install.out"
+    "$WF/consumer/bin/python" - > "$WF/smoke.out" 2>&1 <<'PY'
+import flash_attn, torch
+from flash_attn import flash_attn_func
+q, k, v = (torch.randn(2, 512, 8, 128, device="cuda", dtype=torch.float16) for _ in range(3))
+out = flash_attn_func(q, k, v, causal=True)
+ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                       is_causal=True).transpose(1, 2)
+print("flash_attn", flash_attn.__version__, "from", flash_attn.__file__)
+print("forward max abs diff vs torch SDPA (fp16):", (out - ref).abs().max().item())
+PY
+    cat "$WF/smoke.out"
+    ;;
   collect)
     out=${OUT:?}; mkdir -p "$out/run"
-    cp "$WF"/{machine.txt,build.out,build.json,mem.log,build.start,build.end,build.rc} "$out/run/" 2>/dev/null || true
+    cp "$WF"/{machine.txt,build.out,build.json,mem.log,build.start,build.end,build.rc,audit.out,publish.out,install.out,smoke.out} "$out/run/" 2>/dev/null || true
     find "$WF/groups" -name .ninja_log -exec cp {} "$out/run/ninja_log" \; 2>/dev/null || true
     for w in "$WF"/wheelhouse/*.whl; do
       [ -e "$w" ] || continue

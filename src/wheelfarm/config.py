@@ -392,7 +392,7 @@ def _section(r: _Reader, raw: Mapping[str, Any], name: str, required: bool = Tru
 
 def load(path: str | Path) -> Config:
     """Read and validate ``path``; raises ConfigError (exit 2) naming file, line, key and value."""
-    path = Path(path)
+    path = Path(path).absolute()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -45,11 +45,15 @@ def tools_dir() -> Path:
 
 
 def find_cuobjdump(explicit: Path | None = None) -> Path:
-    """``explicit``, else ``$WHEELFARM_CUOBJDUMP``, else the pinned PyPI cuobjdump (installed once)."""
+    """``explicit``, else ``$WHEELFARM_CUOBJDUMP``, else ``$CUDA_HOME/bin/cuobjdump`` (the toolkit the wheel
+    was built with, e.g. on an offline GPU runner), else the pinned PyPI cuobjdump (installed once)."""
     if explicit is not None:
         return explicit
     if env := os.environ.get("WHEELFARM_CUOBJDUMP"):
         return Path(env)
+    cuda_home = os.environ.get("CUDA_HOME")
+    if cuda_home and (Path(cuda_home) / "bin" / "cuobjdump").is_file():
+        return Path(cuda_home) / "bin" / "cuobjdump"
     target = tools_dir() / f"{CUOBJDUMP_PACKAGE}-{CUOBJDUMP_VERSION}"
     exe = target / "nvidia" / f"cu{CUOBJDUMP_VERSION.split('.')[0]}" / "bin" / "cuobjdump"
     if exe.is_file():
