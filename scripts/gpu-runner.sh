@@ -4,6 +4,7 @@
 # .wheelfarm/cache/sdists/ (the pinned flash-attn sdist), and, for later steps, the built wheel.
 #
 #   scripts/gpu-runner.sh start      # bootstrap, then the flash-attn build in the background (setsid)
+#   scripts/gpu-runner.sh wait       # block until the build ends or WAIT_S passes (keeps the machine held)
 #   scripts/gpu-runner.sh status     # progress of the background build
 #   scripts/gpu-runner.sh finish     # audit → publish to a local mirror → pip install from it → forward pass
 #   scripts/gpu-runner.sh collect    # copy results (logs, JSON, the wheel in ≤15 MiB parts) to $OUT
@@ -17,6 +18,7 @@ SELECT=${SELECT:-"package=flash-attn torch=2.11 python=3.12 variant=sm90"}
 bootstrap() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH
+  export CUDA_HOME=/usr/local/cuda WHEELFARM_CUOBJDUMP=/usr/local/cuda/bin/cuobjdump
   mkdir -p "$WF/sdists"
   cp -n .wheelfarm/cache/sdists/*.tar.gz "$WF/sdists/" 2>/dev/null || true
 }
@@ -29,7 +31,7 @@ case "${1:-}" in
       date -u; nproc; free -g | head -2; nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv
       "$PY" -c 'import torch; print("torch", torch.__version__, torch.version.cuda, torch._C._GLIBCXX_USE_CXX11_ABI)'
       ninja --version; /usr/local/cuda/bin/nvcc --version | tail -2; ldd --version | head -1; g++ --version | head -1
-    } > "$WF/machine.txt" 2>&1
+    } > "$WF/machine.txt" 2>&1 || true
     cat "$WF/machine.txt"
     # memory trace like shared/measurements: unix time, used MB, number of compiler processes
     setsid bash -c "while sleep 5; do echo \"\$(date +%s) \$(free -m | awk '/Mem/{print \$3}') \$(pgrep -c 'cicc|ptxas|cc1plus')\"; done > $WF/mem.log" < /dev/null > /dev/null 2>&1 &
@@ -39,6 +41,13 @@ case "${1:-}" in
       --work-dir $WF --wheelhouse $WF/wheelhouse --json $WF/build.json ${BUILD_ARGS:-} > $WF/build.out 2>&1; \
       echo \$? > $WF/build.rc; date +%s > $WF/build.end" < /dev/null > /dev/null 2>&1 &
     sleep 20; tail -5 "$WF/build.out"
+    WAIT_S=${WAIT_S:-480} bash "$0" wait
+    ;;
+  wait)
+    # the device gives a machine back 30 s after a call ends: keep a call running while the build runs
+    end=$(( $(date +%s) + ${WAIT_S:-540} ))
+    while [ ! -f "$WF/build.rc" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 30; done
+    bash "$0" status
     ;;
   status)
     echo "elapsed: $(( $(date +%s) - $(cat "$WF/build.start") ))s rc=$(cat "$WF/build.rc" 2>/dev/null || echo running)"
