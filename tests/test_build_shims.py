@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from wheelfarm import nvcc_cache, ninja_order
 
 TORCH_NINJA = """ninja_required_version = 1.3
@@ -93,11 +95,13 @@ def test_python_dependent_objects_are_detected(tmp_path: Path) -> None:
     assert nvcc_cache.python_dependent(tmp_path / "missing.d")
 
 
-def test_wrapper_stores_then_hits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dep_flags", [["--generate-dependencies-with-compile", "--dependency-output"],
+                                       ["-MD", "-MF"]], ids=["torch<=2.13", "torch-2.14"])
+def test_wrapper_stores_then_hits(tmp_path: Path, dep_flags: list[str]) -> None:
     """A fake nvcc that writes the object and its depfile: the second call (another Python) is a cache hit."""
     fake = tmp_path / "nvcc"
     fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'release 13.0'; exit; fi\n"
-                    "while [ $# -gt 0 ]; do case $1 in -o) out=$2; shift;; --dependency-output) d=$2; shift;; esac;"
+                    "while [ $# -gt 0 ]; do case $1 in -o) out=$2; shift;; --dependency-output|-MF) d=$2; shift;; esac;"
                     " shift; done\necho obj > $out; echo \"$out: k.cu\" > $d; echo compiled >> "
                     f"{tmp_path}/calls\n")
     fake.chmod(0o755)
@@ -105,11 +109,12 @@ def test_wrapper_stores_then_hits(tmp_path: Path) -> None:
     src.write_text("__global__ void k() {}\n")
     env = {**os.environ, "WHEELFARM_REAL_NVCC": str(fake), "WHEELFARM_COMPILE_CACHE": str(tmp_path / "cache"),
            "WHEELFARM_CACHE_STATS": str(tmp_path / "stats")}
+    # torch 2.14 passes "-c" twice and writes its depfile with -MD -MF
     for py in ("3.11", "3.12"):
         out = tmp_path / py / "k.o"
         out.parent.mkdir()
-        subprocess.run([sys.executable, nvcc_cache.__file__, "--dependency-output", f"{out}.d",
-                        f"-I/usr/include/python{py}", "-c", str(src), "-o", str(out)], env=env, check=True)
+        subprocess.run([sys.executable, nvcc_cache.__file__, *dep_flags, f"{out}.d", f"-I/usr/include/python{py}",
+                        "-c", "-c", str(src), "-o", str(out)], env=env, check=True)
         assert out.read_text() == "obj\n"
     assert (tmp_path / "calls").read_text().count("compiled") == 1
     assert [ln.split()[0] for ln in (tmp_path / "stats").read_text().splitlines()] == ["miss", "hit"]

@@ -27,11 +27,20 @@ _PY_INCLUDE = re.compile(r"/include/python3\.\d+[a-z]*/?$")
 _SITE = re.compile(r"^.*?/(?:site|dist)-packages/")
 
 
-def _value_after(args: list[str], flag: str) -> str | None:
+SOURCES = (".cu", ".cpp", ".cc", ".cxx", ".c")
+
+
+def _value_after(args: list[str], *flags: str) -> str | None:
     for i, arg in enumerate(args[:-1]):
-        if arg == flag:
+        if arg in flags:
             return args[i + 1]
     return None
+
+
+def source_of(args: list[str]) -> str | None:
+    """The one source file compiled (torch may pass ``-c`` twice, so look for the file itself)."""
+    found = [a for a in args if a.endswith(SOURCES) and not a.startswith("-") and Path(a).is_file()]
+    return found[0] if len(found) == 1 else None
 
 
 def normalise(args: list[str]) -> list[str]:
@@ -93,10 +102,10 @@ def _store(entry: Path, obj: Path, depfile: Path | None) -> None:
 def main(argv: list[str]) -> int:
     real = os.environ.get("WHEELFARM_REAL_NVCC", "nvcc")
     cache = os.environ.get("WHEELFARM_COMPILE_CACHE")
-    out, src_arg = _value_after(argv, "-o"), _value_after(argv, "-c")
-    if not cache or not out or not src_arg or not Path(src_arg).is_file():
+    out, src_arg = _value_after(argv, "-o"), source_of(argv)
+    if not cache or not out or not src_arg or "-c" not in argv:
         return subprocess.call([real, *argv])
-    depfile_arg = _value_after(argv, "--dependency-output")
+    depfile_arg = _value_after(argv, "--dependency-output", "-MF")
     key = cache_key(argv, Path(src_arg), _nvcc_version(real), os.environ.get("WHEELFARM_CACHE_SALT", ""))
     entry = Path(cache) / key[:2] / key
     stats = os.environ.get("WHEELFARM_CACHE_STATS")
