@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.needs_version = ">=2024.10.9"
@@ -47,6 +49,24 @@ def build(session: nox.Session) -> None:
     """Build the selected cells (default: this machine's cell) into wheelhouse/ and audit them."""
     _install(session)
     session.run("wheelfarm", "build", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def publish(session: nox.Session) -> None:
+    """Publish wheelhouse/ (audited wheels) to a mirror: -- --to mirror | s3://bucket/prefix | github://o/r@tag."""
+    _install(session)
+    session.run("wheelfarm", "publish", "wheelhouse", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False, tags=["gpu"])
+def gpu_test(session: nox.Session) -> None:
+    """GPU-test the wheels in wheelhouse/ (skips with a message on a machine without a GPU)."""
+    _install(session)
+    wheels = sorted(str(p) for p in Path("wheelhouse").glob("*.whl"))
+    if not wheels:
+        session.skip("no wheels in wheelhouse/: run `nox -s build` first")
+    for wheel in wheels:
+        session.run("wheelfarm", "gpu-test", wheel, "--reuse-env", *session.posargs)
 
 
 if __name__ == "__main__":
