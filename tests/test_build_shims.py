@@ -70,10 +70,13 @@ def test_shim_reorders_then_runs_real_ninja(tmp_path: Path) -> None:
 def test_cache_key_ignores_per_python_paths_only(tmp_path: Path) -> None:
     src = tmp_path / "k.cu"
     src.write_text("__global__ void k() {}\n")
+    for py in ("3.11", "3.12"):
+        (tmp_path / f"venv{py}" / "include").mkdir(parents=True)
 
     def cmd(py: str, out: str) -> list[str]:
         return ["--generate-dependencies-with-compile", "--dependency-output", f"{out}.d",
                 f"-I/venvs/{py}/lib/python{py}/site-packages/torch/include", f"-I/usr/include/python{py}",
+                f"-I{tmp_path}/venv{py}/include",  # a venv's include/: per Python, empty
                 "-O3", "-gencode", "arch=compute_90,code=sm_90", "-c", str(src), "-o", out]
 
     k311 = nvcc_cache.cache_key(cmd("3.11", "/b/temp-311/k.o"), src, "13.0", "salt")

@@ -43,6 +43,11 @@ def source_of(args: list[str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def _empty_dir(path: str) -> bool:
+    folder = Path(path)
+    return not folder.is_dir() or next(folder.iterdir(), None) is None
+
+
 def normalise(args: list[str]) -> list[str]:
     """The command line without what varies per Python and per output path."""
     out: list[str] = []
@@ -57,8 +62,8 @@ def normalise(args: list[str]) -> list[str]:
         if arg == "-I" and i + 1 < len(args):
             arg = "-I" + args[i + 1]
             skip_next = True
-        if arg.startswith("-I") and _PY_INCLUDE.search(arg):
-            continue
+        if arg.startswith("-I") and (_PY_INCLUDE.search(arg) or _empty_dir(arg[2:])):
+            continue  # the Python headers (checked unused via the depfile) and empty dirs (a venv's include/)
         out.append(_SITE.sub("<site-packages>/", arg))
     return out
 
