@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from . import jobs, log, source
 from .config import Config
@@ -218,8 +225,8 @@ def _tail(logfile: Path, lines: int = 25) -> str:
 
 
 def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, max_jobs: int | None = None,
-               retry_oom: bool = True, compile_cache: bool = True, lpt: bool = True, extra_env: dict[str, str] | None = None
-               ) -> BuildResult:
+               retry_oom: bool = True, compile_cache: bool = True, lpt: bool = True,
+               extra_env: dict[str, str] | None = None) -> BuildResult:
     """Build ``cell`` with toolchain ``tc`` into ``paths.wheelhouse``; never leaves a partial wheel there."""
     plan = plan_for(config, cell, max_jobs=max_jobs)
     log.info(f"job plan: {plan.describe()}")

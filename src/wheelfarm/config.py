@@ -178,9 +178,10 @@ class _Reader:
         if name not in table:
             if default is ...:
                 raise self.error(key, f"missing required key '{_dotted((*key, name))}'")
-            return default  # type: ignore[no-any-return]
+            result: T = default
+            return result
         value = table[name]
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
             raise self.error(
                 (*key, name),
                 f"'{_dotted((*key, name))}' must be {_kind(kind)}, got {type(value).__name__} {value!r}",
@@ -189,9 +190,10 @@ class _Reader:
 
     def strings(self, table: Mapping[str, Any], name: str, key: KeyPath, *, pattern: re.Pattern[str] | None = None,
                 default: Any = ...) -> tuple[str, ...]:
-        value = self.get(table, name, list, key, default)
-        if value is default and default is not ...:
-            return value  # type: ignore[no-any-return]
+        if name not in table and default is not ...:
+            fallback: tuple[str, ...] = default
+            return fallback
+        value = self.get(table, name, list, key)
         out = []
         for item in value:
             if isinstance(item, (int, float)) and not isinstance(item, bool):

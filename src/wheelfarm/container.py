@@ -142,7 +142,7 @@ def detect_engine(preferred: str | None = None) -> Engine:
     """``preferred`` podman | docker | None/"auto" (podman, then docker with a reachable daemon)."""
     if preferred not in (None, "auto", *ENGINES):
         raise BadInput(f"unknown container engine {preferred!r}", hint="choose podman, docker or auto")
-    candidates = ENGINES if preferred in (None, "auto") else (preferred,)
+    candidates: tuple[str, ...] = ENGINES if preferred in (None, "auto") or preferred is None else (preferred,)
     for name in candidates:
         engine = _usable(name)
         if engine is not None:

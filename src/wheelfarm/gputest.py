@@ -706,13 +706,14 @@ def run_checks(env: TestEnv, checks: str, workdir: Path) -> dict[str, Any]:
     log.info(f"$ {shlex.join(cmd)}")
     fd = _stderr_fd()  # the checks' progress goes to stderr: stdout is kept for the verdict or --json
     try:
+        streams: dict[str, Any] = {"capture_output": True} if fd is None else {"stdout": fd, "stderr": fd}
         done = subprocess.run(
             cmd,
             cwd=workdir,
             env={**os.environ, **CLEAN_ENV},
             text=True,
             timeout=CHECKS_TIMEOUT_S,
-            **({"capture_output": True} if fd is None else {"stdout": fd, "stderr": fd}),
+            **streams,
         )
     except subprocess.TimeoutExpired:
         raise BuildFailed(

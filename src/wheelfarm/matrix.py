@@ -126,8 +126,8 @@ def expand(config: Config) -> list[Cell]:
                                    hint="remove the value or add an exclude = [{...}] rule for it")
             if cell.wheel in seen:
                 first = config.locator.line(seen[cell.wheel])
-                raise config.error((*key, "name"), f"{block.name}: duplicate cell {cell.wheel} (already produced by the "
-                                   f"[[matrix]] entry at line {first})")
+                raise config.error((*key, "name"), f"{block.name}: duplicate cell {cell.wheel} (already produced by "
+                                   f"the [[matrix]] entry at line {first})")
             seen[cell.wheel] = key
             cells.append(cell)
     return cells

@@ -91,7 +91,7 @@ def ensure_build_env(config: Config, cell: Cell, *, refresh: bool = False) -> Pa
     with log.step(f"build env {tag}: torch=={cell.torch}.* for CUDA {torch_cuda}"):
         run([find_python(cell.python), "-m", "venv", venv])
         py = _venv_python(venv)
-        pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        pip: list[str | Path] = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         run([*pip, "--upgrade", "pip", "setuptools>=69", "wheel", "ninja", "packaging", "psutil"])
         release = config.torch[cell.torch]
         torch_req = f"torch=={cell.torch}.*"
@@ -168,7 +168,8 @@ def probe_torch(python: Path) -> dict[str, object]:
     if out.returncode != 0:
         raise BadInput(f"{python} cannot import torch: {out.stderr.strip().splitlines()[-1:]}",
                        hint="install the cell's torch into that interpreter, or drop --python to get a managed env")
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    facts: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return facts
 
 
 def nvcc_version(cuda_home: Path) -> str:

@@ -56,7 +56,7 @@ def rewrite_metadata(text: str, version: str, pins: dict[str, str]) -> str:
 
 def relabel(src: Path, dest: Path, *, pins: dict[str, str]) -> Path:
     """Write ``src`` as ``dest`` (a wheel file name in the upstream convention) with consistent metadata."""
-    name, version, _, _ = parse_wheel_filename(dest.name)
+    name = parse_wheel_filename(dest.name)[0]
     dist = dest.name.split("-")[0]
     file_version = dest.name.split("-")[1]
     if canonicalize_name(parse_wheel_filename(src.name)[0]) != name:
