@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfarm import nvcc_cache, ninja_order
+from wheelfarm import ninja_order, nvcc_cache
 
 TORCH_NINJA = """ninja_required_version = 1.3
 cxx = c++
@@ -71,7 +71,7 @@ def test_cache_key_ignores_per_python_paths_only(tmp_path: Path) -> None:
     src = tmp_path / "k.cu"
     src.write_text("__global__ void k() {}\n")
     for py in ("3.11", "3.12"):
-        (tmp_path / f"venv{py}" / "include").mkdir(parents=True)
+        (tmp_path / f"venv{py}" / "include" / f"python{py}").mkdir(parents=True)
 
     def cmd(py: str, out: str) -> list[str]:
         return ["--generate-dependencies-with-compile", "--dependency-output", f"{out}.d",

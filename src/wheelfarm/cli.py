@@ -22,7 +22,11 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wheelfarm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="wheelfarm",
+        description="Build, audit, GPU-test and publish CUDA PyTorch extension wheels (flash-attn first).",
+        epilog="Exit codes: 0 ok, 1 a build/audit/test/publish failed, 2 bad input.",
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

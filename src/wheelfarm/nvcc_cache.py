@@ -44,8 +44,9 @@ def source_of(args: list[str]) -> str | None:
 
 
 def _empty_dir(path: str) -> bool:
+    """No file anywhere below ``path`` (a venv's include/ holds only an empty python3.X/)."""
     folder = Path(path)
-    return not folder.is_dir() or next(folder.iterdir(), None) is None
+    return not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*"))
 
 
 def normalise(args: list[str]) -> list[str]:
