@@ -67,8 +67,9 @@ def test_every_built_wheel_was_audited(fixture_build: FixtureBuild) -> None:
 
 
 def _fresh_venv_over(torch_python: Path, dest: Path) -> Path:
-    """A new venv that sees the build env's torch through a .pth file (torch is 5 GB; copying it proves nothing)."""
-    venv.EnvBuilder(with_pip=True).create(dest)
+    """A new venv that sees the build env's torch (and pip) through a .pth file: torch is 5 GB, copying it proves
+    nothing. Without a pip of its own, so the build env's (torch-compatible) setuptools is the one it sees."""
+    venv.EnvBuilder(with_pip=False).create(dest)
     site = subprocess.run([str(torch_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           text=True, capture_output=True, check=True).stdout.strip()
     own = subprocess.run([str(dest / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -84,7 +85,8 @@ def test_wheel_installs_with_pip_into_a_fresh_venv_and_imports(fixture_build: Fi
     install = subprocess.run([str(py), "-m", "pip", "install", "--no-index", str(wheel)], text=True,
                              capture_output=True)
     assert install.returncode == 0, install.stdout + install.stderr
-    assert "torch" not in install.stdout.split("Successfully installed")[-1]  # torch left as it was
+    installed = install.stdout.split("Successfully installed")[-1].split()
+    assert installed == ["fixture-attn-0.1.0+cu13torch2.14cxx11abitrue"]  # torch and its deps left as they were
     probe = ("import torch, fixture_attn, fixture_attn_cuda; "
              "print(fixture_attn.__version__, torch.__version__, fixture_attn_cuda.__file__)")
     out = subprocess.run([str(py), "-c", probe], text=True, capture_output=True)
