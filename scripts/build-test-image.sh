@@ -7,7 +7,7 @@
 #
 # The tag is a hash of this script, containers/testimage/*, the host CA bundle baked in and the architecture.
 # Order: image already in podman (seconds) > cache tarball `zcat | podman load` > cold build (debootstrap,
-# apt, CPython 3.11 compiled inside; 15-20 min on 2 busy cores), which saves the cache tarball.
+# apt, CPython 3.11 and 3.12 compiled inside; see docs/containers.md for times), which saves the cache tarball.
 # WHEELFARM_IMAGE_CACHE overrides ~/.cache/wheelfarm/images; WHEELFARM_NO_COLD_BUILD=1 exits 3 instead of a
 # cold build. Not bit-reproducible: apt takes bullseye's current packages. Needs root and
 # scripts/setup-podman.sh. Progress goes to stderr.
@@ -20,10 +20,14 @@ mirror=${WHEELFARM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bullseye
 arch=$(dpkg --print-architecture)
 host_ca=/etc/ssl/certs/ca-certificates.crt
-py_tarball=python3.11_3.11.2.orig.tar.gz
-py_url=$mirror/pool/main/p/python3.11/$py_tarball
-# From python3.11_3.11.2-6+deb12u6.dsc (Checksums-Sha256).
-py_sha256=2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849
+ubuntu_mirror=${WHEELFARM_UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
+# CPython sources built inside the image: "file url sha256". 3.11.2 is Debian bookworm's orig tarball
+# (python3.11_3.11.2-6+deb12u6.dsc, Checksums-Sha256); Debian's pool no longer carries 3.12, so 3.12.3 is
+# Ubuntu noble's (dists/noble/main/source/Sources: python3.12 3.12.3-1, Checksums-Sha256).
+py_sources=(
+  "python3.11_3.11.2.orig.tar.gz $mirror/pool/main/p/python3.11/python3.11_3.11.2.orig.tar.gz 2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849"
+  "python3.12_3.12.3.orig.tar.xz $ubuntu_mirror/pool/main/p/python3.12/python3.12_3.12.3.orig.tar.xz 56bfef1fdfc1221ce6720e43a661e3eb41785dd914ce99698d8c7896af4bdaa1"
+)
 
 say() { echo "build-test-image: $*" >&2; }
 
@@ -32,15 +36,19 @@ content_hash() {
     | sha256sum | cut -c1-16
 }
 
-fetch_python_source() {
-  local dest=$cache/src/$py_tarball
-  if [[ ! -f $dest ]]; then
-    mkdir -p "$cache/src"
-    say "downloading $py_url"
-    curl -fsSL -o "$dest.part" "$py_url"
-    mv "$dest.part" "$dest"
-  fi
-  echo "$py_sha256  $dest" | sha256sum -c --quiet - >&2
+fetch_python_sources() {  # -> the folder holding every tarball of py_sources, each sha256-checked
+  local entry file url sha dest
+  mkdir -p "$cache/src"
+  for entry in "${py_sources[@]}"; do
+    read -r file url sha <<<"$entry"
+    dest=$cache/src/$file
+    if [[ ! -f $dest ]]; then
+      say "downloading $url"
+      curl -fsSL -o "$dest.part" "$url"
+      mv "$dest.part" "$dest"
+    fi
+    echo "$sha  $dest" | sha256sum -c --quiet - >&2
+  done
   echo "$cache/src"
 }
 
@@ -94,10 +102,10 @@ cold_build() {  # $1 = final ref, $2 = content hash
   local work base=localhost/wheelfarm-testimage-base:$2 ctr=wheelfarm-testimage-build-$2 src
   work=$(mktemp -d /var/tmp/wheelfarm-testimage.XXXXXX)
   trap "cleanup $ctr $base $work" EXIT  # also on failure (set -e)
-  src=$(fetch_python_source)
+  src=$(fetch_python_sources)
   cleanup "$ctr" "$base" ""
   make_base_image "$work" "$base"
-  say "provisioning (apt, CPython 3.11 build, pip tools)"
+  say "provisioning (apt, CPython 3.11 and 3.12 builds, pip tools)"
   provision "$base" "$ctr" "$src"
   finish_image "$ctr" "$1" "$2"
   trap - EXIT

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_version, parse_wheel_filename
 
-from conftest import FixtureBuild, run_wheelfarm
+from farmtest import FixtureBuild, run_wheelfarm
 from wheelfarm import toolchain
 from wheelfarm.config import load
 from wheelfarm.errors import BadInput

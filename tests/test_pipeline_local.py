@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from packaging.version import Version
 
-from conftest import FixtureBuild, run_wheelfarm
+from farmtest import FixtureBuild, run_wheelfarm
 from test_store_s3 import client, make_bucket, moto_endpoint  # noqa: F401 (moto_endpoint is a fixture)
 from wheelfarm.config import load
 from wheelfarm.matrix import Cell, expand, select

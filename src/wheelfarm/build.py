@@ -5,10 +5,12 @@ renamed to the upstream convention with consistent METADATA and moved into the w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -30,6 +32,7 @@ from .config import Config
 from .errors import BuildFailed
 from .matrix import Cell
 from .monitor import Peaks, TreeMonitor
+from .monitor import _tree as process_tree
 from .paths import cache_dir
 from .toolchain import Toolchain
 from .wheelmeta import relabel, sha256_file
@@ -201,16 +204,55 @@ def _run_build(cmd: list[str], env: dict[str, str], cwd: Path, logfile: Path, la
     done = total = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
-    with TreeMonitor(proc.pid) as monitor, Progress(*columns, console=log.console, transient=False) as bar:
-        task = bar.add_task(label, total=None)
-        last_tenth = -1
-        for done, total in _stream(proc, logfile, label):
-            bar.update(task, completed=done, total=total)
-            if not log.console.is_terminal and done * 10 // total != last_tenth:
-                last_tenth = done * 10 // total
-                log.info(f"  {label}: [{done}/{total}] objects")
-        proc.wait()
+    try:
+        with TreeMonitor(proc.pid) as monitor, Progress(*columns, console=log.console, transient=False) as bar:
+            task = bar.add_task(label, total=None)
+            last_tenth = -1
+            for done, total in _stream(proc, logfile, label):
+                bar.update(task, completed=done, total=total)
+                if not log.console.is_terminal and done * 10 // total != last_tenth:
+                    last_tenth = done * 10 // total
+                    log.info(f"  {label}: [{done}/{total}] objects")
+            proc.wait()
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into SystemExit): no compiler may outlive us
+        stop_tree(proc)
+        raise
     return proc.returncode, done, total, monitor.peaks
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_tree(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
+    """SIGTERM the build's whole process tree, then SIGKILL what is left after ``grace_s``. The tree is walked by
+    parent pid, not process group: ninja starts every compile job in a process group of its own."""
+    victims = set(process_tree(proc.pid))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap our own child so it does not linger as a zombie
+            victims = {pid for pid in victims | set(process_tree(proc.pid)) if _alive(pid)}
+            if not victims:
+                return
+            time.sleep(0.1)
+
+
+def objects_in_manifest(tree: Path, cell: Cell) -> int:
+    """The objects of the cell's extension(s) in torch's build.ninja: ninja's [n/N] counts only the steps it had to
+    run this time, so after a resume N is smaller than the extension."""
+    count = 0
+    for manifest in tree.glob(f"build/temp*-cpython-{cell.python.replace('.', '')}*/build.ninja"):
+        for line in manifest.read_text(errors="replace").splitlines():
+            outputs = re.split(r"(?<!\$):", line[len("build "):], maxsplit=1)[0] if line.startswith("build ") else ""
+            count += outputs.strip().endswith(".o")
+    return count
 
 
 def looks_oom(returncode: int, logfile: Path) -> bool:
@@ -261,16 +303,28 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
                                  nvcc_threads=plan.nvcc_threads, max_jobs=fewer)
                 continue
             oom = looks_oom(rc, logfile)
-            why = (f"killed, most likely out of memory (MAX_JOBS={plan.max_jobs}); retry with --max-jobs "
-                   f"{max(1, plan.max_jobs // 2)}" if oom else f"exit code {rc}")
+            if oom and plan.max_jobs > 1:
+                why = (f"killed, most likely out of memory (MAX_JOBS={plan.max_jobs}); retry with --max-jobs "
+                       f"{max(1, plan.max_jobs // 2)}")
+            elif oom:
+                why = ("killed, most likely out of memory even with MAX_JOBS=1: give the build more memory (a larger "
+                       "machine, or a higher container memory limit)")
+            else:
+                why = f"exit code {rc}"
             return BuildResult(cell, False, logfile, time.monotonic() - start, plan, objects_compiled=done,
-                               objects_total=total, peaks=peaks, attempts=attempts,
+                               objects_total=max(total, objects_in_manifest(tree, cell)), peaks=peaks,
+                               attempts=attempts,
                                error=f"build failed: {why}; log: {logfile}\n{_tail(logfile)}")
         built = sorted(outdir.glob("*.whl"))
         if len(built) != 1:
             raise BuildFailed(f"expected one wheel from the build, found {[p.name for p in built]}; log: {logfile}")
-        paths.wheelhouse.mkdir(parents=True, exist_ok=True)
-        final = relabel(built[0], paths.wheelhouse / cell.wheel, pins={"torch": f"=={cell.torch}.*"})
+        try:
+            paths.wheelhouse.mkdir(parents=True, exist_ok=True)
+            final = relabel(built[0], paths.wheelhouse / cell.wheel, pins={"torch": f"=={cell.torch}.*"})
+        except OSError as exc:  # a full disk (ENOSPC), a read-only or foreign wheelhouse
+            raise BuildFailed(f"cannot write {cell.wheel} into {paths.wheelhouse}: {exc.strerror or exc}",
+                              hint="free space there or pass --wheelhouse on another disk; the wheelhouse holds "
+                                   "no partial file") from exc
         if done and peaks.total_mb:
             per_job = max(peaks.largest_mb, peaks.total_mb // max(1, min(plan.max_jobs, done)))
             jobs.record_peak(jobs.peak_key(cell.package, cell.version, cell.archs), per_job, peaks.largest_mb)
@@ -278,7 +332,7 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
         hits, stores = _cache_counts(stats)
         return BuildResult(cell, True, logfile, time.monotonic() - start, plan, wheel=final,
                            sha256=sha256_file(final), size=final.stat().st_size, objects_compiled=done,
-                           objects_total=total, peaks=peaks, attempts=attempts, cache_hits=hits,
-                           cache_stores=stores)
+                           objects_total=max(total, objects_in_manifest(tree, cell)), peaks=peaks, attempts=attempts,
+                           cache_hits=hits, cache_stores=stores)
     finally:
         shutil.rmtree(outdir, ignore_errors=True)

@@ -6,8 +6,11 @@ Each command module defines ``NAME``, ``HELP``, ``configure_parser(parser)`` and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -16,7 +19,7 @@ from rich.markup import escape
 from .errors import WheelfarmError
 
 # Add a command by adding its module name here (module: wheelfarm/commands/<name>.py).
-COMMANDS = ["matrix", "name", "build", "audit", "publish", "index", "resolve", "gpu_test"]
+COMMANDS = ["matrix", "name", "build", "audit", "publish", "index", "resolve", "gpu_test", "bench", "plan"]
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -43,9 +46,17 @@ def _version() -> str:
     return f"wheelfarm {__version__}"
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM (a cancelled CI job, `kill`): unwind like Ctrl-C, so a running build stops its compilers too."""
+    err_console.print(f"wheelfarm: terminated by {signal.Signals(signum).name}")
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         return int(args._execute(args) or 0)
     except WheelfarmError as exc:
@@ -55,6 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("wheelfarm: interrupted")
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        err_console.print(f"[bold red]wheelfarm: failed:[/] no space left on device{escape(where)}: {escape(str(exc))}"
+                          "\n  hint: free space on that file system (or write elsewhere) and rerun; finished files "
+                          "are complete, unfinished ones were removed", soft_wrap=True)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.parser
 import hashlib
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -64,22 +65,26 @@ def relabel(src: Path, dest: Path, *, pins: dict[str, str]) -> Path:
     new_info = f"{dist}-{file_version}.dist-info"
     tmpdir = Path(tempfile.mkdtemp(prefix=".relabel-", dir=dest.parent))
     tmp = tmpdir / dest.name
-    with zipfile.ZipFile(src) as zin, WheelFile(tmp, "w") as zout:
-        old_info = next(n.split("/")[0] for n in zin.namelist() if n.split("/")[0].endswith(".dist-info"))
-        for info in zin.infolist():
-            parts = info.filename.split("/", 1)
-            if parts[0] == old_info:
-                if parts[1] == "RECORD":
-                    continue  # WheelFile writes a fresh RECORD with every file's hash
-                info_name = f"{new_info}/{parts[1]}"
-            else:
-                info_name = info.filename
-            data = zin.read(info)
-            if info_name == f"{new_info}/METADATA":
-                data = rewrite_metadata(data.decode("utf-8"), file_version, pins).encode("utf-8")
-            new = zipfile.ZipInfo(info_name, date_time=info.date_time)
-            new.external_attr, new.compress_type = info.external_attr, zipfile.ZIP_DEFLATED
-            zout.writestr(new, data)
+    try:
+        with zipfile.ZipFile(src) as zin, WheelFile(tmp, "w") as zout:
+            old_info = next(n.split("/")[0] for n in zin.namelist() if n.split("/")[0].endswith(".dist-info"))
+            for info in zin.infolist():
+                parts = info.filename.split("/", 1)
+                if parts[0] == old_info:
+                    if parts[1] == "RECORD":
+                        continue  # WheelFile writes a fresh RECORD with every file's hash
+                    info_name = f"{new_info}/{parts[1]}"
+                else:
+                    info_name = info.filename
+                data = zin.read(info)
+                if info_name == f"{new_info}/METADATA":
+                    data = rewrite_metadata(data.decode("utf-8"), file_version, pins).encode("utf-8")
+                new = zipfile.ZipInfo(info_name, date_time=info.date_time)
+                new.external_attr, new.compress_type = info.external_attr, zipfile.ZIP_DEFLATED
+                zout.writestr(new, data)
+    except BaseException:  # a full disk, a bad zip, Ctrl-C: nothing half-written stays beside the wheels
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
     # WheelFile needs the real file name; it is written aside and renamed into place only once whole.
     tmp.replace(dest)
     tmpdir.rmdir()

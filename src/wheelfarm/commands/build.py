@@ -88,13 +88,19 @@ def execute(args: argparse.Namespace) -> int:
     if args.python and len({c.python for c in cells}) > 1:
         raise BadInput("--python reuses one interpreter, but the selected cells need Pythons "
                        f"{sorted({c.python for c in cells})}", hint="add --select python=X.Y")
-    if args.backend == "container":
+    backend = args.backend
+    if backend == "auto":  # a container when an engine and a build image exist, else the host
+        from ..container_build import unavailable_reason
+
+        reason = unavailable_reason(config, cells)
+        backend = "host" if reason else "container"
+        if reason:
+            log.warn(f"--backend auto: {reason}; building on the host, so the wheel's glibc floor is this host's")
+    if backend == "container":
         from ..container_build import build_in_container
 
         results = build_in_container(config, cells, args)
     else:
-        if args.backend == "auto":
-            log.warn("--backend auto: building on the host; the wheel's glibc floor is this host's")
         results = run_builds(config, cells, args)
     log.console.print(_summary(results))
     if args.json:

@@ -1,0 +1,336 @@
+"""``wheelfarm build --backend container``: cibuildwheel builds each group of cells in a build image.
+
+Per group (same package version, torch, CUDA, ABI, archs, platform): probe the image (glibc, Pythons,
+compilers, CUDA), resolve the group's exact torch once, plan MAX_JOBS for the container's memory cap, write
+cibuildwheel's configuration (``cibw.py``, pure) and run cibuildwheel under podman or docker. Its hooks install
+CUDA and torch into mounted caches, its build shares .cu objects across Pythons through nvcc_cache, its repair
+step runs auditwheel in the image. Back on the host each wheel gets its upstream name and METADATA
+(``wheelmeta.relabel``) and is audited against the image's glibc.
+
+Images, in this order: ``$WHEELFARM_IMAGE``; the production image ``wheelfarm/manylinux_2_28_<arch>-cuda<X.Y>``
+(docs/containers.md); the offline test image, when present or cached (scripts/build-test-image.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cibw, jobs, log, proc
+from .audit import Declared, audit_wheel
+from .build import (
+    REPO_ROOT_PATCHES,
+    BuildPaths,
+    BuildResult,
+    _run_build,
+    durations_file,
+    knob_env,
+    looks_oom,
+    plan_for,
+    prepare_tree,
+    record_durations,
+)
+from .compat import torch_cuda_build
+from .config import Config
+from .container import Engine, detect_engine
+from .errors import BadInput, BuildFailed
+from .matrix import Cell
+from .paths import cache_dir
+from .wheelmeta import relabel, sha256_file
+
+TEST_IMAGE_SCRIPT = "scripts/build-test-image.sh"
+
+
+@dataclass
+class ContainerBuildResult(BuildResult):
+    image: str = ""
+    glibc: str = ""
+    cost: cibw.PythonCost = field(default_factory=cibw.PythonCost)
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "backend": "container", "image": self.image, "image_glibc": self.glibc,
+                "cost": self.cost.to_json()}
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def find_image(engine: Engine, config: Config, cell: Cell) -> str | None:
+    """The build image for ``cell`` (see the module docstring), or None."""
+    explicit = os.environ.get("WHEELFARM_IMAGE")
+    if explicit:
+        if not engine.image_exists(explicit):
+            raise BadInput(f"WHEELFARM_IMAGE={explicit} is not in {engine.name}'s images",
+                           hint="build or load it (docs/containers.md)")
+        return explicit
+    production = f"wheelfarm/manylinux_2_28_{cell.platform.removeprefix('linux_')}-cuda{cell.cuda}"
+    if engine.image_exists(production):
+        return production
+    return _test_image(config.root)
+
+
+@functools.cache
+def _test_image(root: Path) -> str | None:
+    """The offline test image when present or cached (never a cold build here: that takes ~20 min)."""
+    script = root / TEST_IMAGE_SCRIPT
+    if not script.is_file():
+        return None
+    out = proc.run([str(script)], env={"WHEELFARM_NO_COLD_BUILD": "1"}, capture=True, check=False, quiet=True)
+    if out.returncode != 0:
+        return None
+    ref = out.stdout.strip().splitlines()[-1]
+    log.warn(f"building in {ref}: the OFFLINE TEST STAND-IN (Debian bullseye, glibc 2.31), not manylinux")
+    return ref
+
+
+def unavailable_reason(config: Config, cells: list[Cell]) -> str | None:
+    """Why ``--backend auto`` cannot build ``cells`` in a container (None: it can)."""
+    try:
+        engine = detect_engine(os.environ.get("WHEELFARM_ENGINE"))
+    except BadInput as exc:
+        return exc.message
+    missing = sorted({c.cuda for c in cells if find_image(engine, config, c) is None})
+    return f"no build image for CUDA {', '.join(missing)} (docs/containers.md)" if missing else None
+
+
+def probe(engine: Engine, image: str) -> cibw.ImageFacts:
+    out = proc.run(engine.run_args(image, ["sh", "-c", cibw.PROBE]), capture=True, check=False, quiet=True)
+    if out.returncode != 0:
+        raise BuildFailed(f"cannot run {image} with {engine.name}: {out.stderr.strip()[-500:]}")
+    return cibw.parse_facts(image, out.stdout)
+
+
+# ------------------------------------------------------------------------------------------ host side
+
+
+def resolve_torch(config: Config, cell: Cell, glibc: str) -> tuple[str, str | None]:
+    """The exact torch X.Y.Z the host's pip picks for the cell (its constraints apply), and the index."""
+    torch_cuda = torch_cuda_build(config.torch[cell.torch], cell.cuda)
+    assert torch_cuda is not None  # matrix.expand rejected the cell otherwise
+    index = None if config.torch[cell.torch].pypi_cuda == torch_cuda else config.cuda[torch_cuda].index_url
+    platforms = cibw.manylinux_platforms(glibc, cell.platform.removeprefix("linux_"))
+    with tempfile.TemporaryDirectory(prefix="wheelfarm-torch-") as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
+               "--no-deps", "--ignore-installed", "--only-binary=:all:", "--python-version", cell.python,
+               "--implementation", "cp", "--abi", cell.python_tag, "--target", tmp,
+               *(a for p in platforms for a in ("--platform", p)),
+               *(["--index-url", index, "--extra-index-url", cibw.PYPI] if index else []), f"torch=={cell.torch}.*"]
+        log.info(f"resolving torch=={cell.torch}.* for {cell.python_tag} on {platforms[0]} with this host's pip")
+        out = proc.run(cmd, capture=True, check=False, quiet=True)
+        if out.returncode != 0 or not report.exists():
+            raise BuildFailed(f"no torch {cell.torch}.* wheel for {cell.python_tag} on {platforms[0]}: "
+                              f"{out.stderr.strip()[-500:]}")
+        return str(json.loads(report.read_text())["install"][0]["metadata"]["version"]), index
+
+
+def pip_sources() -> cibw.PipSources:
+    out = proc.run([sys.executable, "-m", "pip", "config", "list"], capture=True, check=False, quiet=True)
+    found = cibw.parse_pip_config(out.stdout if out.returncode == 0 else "")
+    return cibw.PipSources(tuple(p for p in found.find_links if Path(p).is_dir()),
+                           tuple(u for u in found.extra_index_urls if Path(u.removeprefix("file://")).is_dir()))
+
+
+def pip_cache_dir() -> Path | None:
+    out = proc.run([sys.executable, "-m", "pip", "cache", "dir"], capture=True, check=False, quiet=True)
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def cache_salt(config: Config, cell: Cell, torch_version: str, image: str) -> str:
+    """What the compile-cache key must also cover (as build.compile_cache_env does, plus the image)."""
+    patches = sorted((config.root / REPO_ROOT_PATCHES / cell.package / cell.version).glob("*.patch"))
+    return "|".join([torch_version, config.packages[cell.package].versions[cell.version].sha256,
+                     *(sha256_file(p) for p in patches), image])
+
+
+def container_memory_mb() -> int:
+    """The container's memory cap: $WHEELFARM_CONTAINER_MEMORY_MB, else what is available here now."""
+    explicit = os.environ.get("WHEELFARM_CONTAINER_MEMORY_MB", "")
+    if not explicit:
+        return jobs.available_memory().available_mb
+    if not explicit.isdigit() or int(explicit) < 512:
+        raise BadInput(f"WHEELFARM_CONTAINER_MEMORY_MB={explicit!r} is not a size in MB (at least 512)")
+    return int(explicit)
+
+
+def job_plan(config: Config, cell: Cell, memory_mb: int, max_jobs: int | None) -> jobs.JobPlan:
+    """build.plan_for's per-job peak, planned for the container's memory cap instead of the host's."""
+    base = plan_for(config, cell, max_jobs=max_jobs)
+    return jobs.plan(cores=base.cores, memory=jobs.Memory(memory_mb, f"the container's --memory={memory_mb}m"),
+                     per_job_mb=base.per_job_mb, per_job_source=base.per_job_source, archs=len(cell.archs),
+                     nvcc_threads=config.packages[cell.package].nvcc_threads, max_jobs=max_jobs)
+
+
+def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts) -> cibw.HostDirs:
+    base = cache_dir() / "container" / f"glibc-{facts.glibc}"  # CUDA/torch wheels chosen for this glibc
+    group = paths.group_dir(cell)
+    durations = durations_file(cell)
+    dirs = cibw.HostDirs(lib=Path(__file__).resolve().parent, compile_cache=paths.work_dir / "compile-cache",
+                         cuda=base / "cuda", torch=base / "torch", logs=group / "logs" / "container",
+                         pip_cache=pip_cache_dir(), shims=group / "bin" if durations.exists() else None,
+                         durations=durations if durations.exists() else None)
+    for folder in (dirs.compile_cache, dirs.cuda, dirs.torch, dirs.logs, dirs.pip_cache, dirs.shims):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    if dirs.shims is not None:
+        (dirs.shims / "ninja").write_text(cibw.ninja_shim())
+        (dirs.shims / "ninja").chmod(0o755)
+    return dirs
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+def plan_group(config: Config, cells: list[Cell], engine: Engine, image: str, paths: BuildPaths,
+               max_jobs: int | None) -> cibw.GroupPlan:
+    first = cells[0]
+    facts = probe(engine, image)
+    missing = cibw.missing_pythons(cells, facts)
+    if missing:
+        raise BadInput(f"image {image} has no /opt/python for Python {', '.join(missing)} "
+                       f"(it has {', '.join(facts.pythons)})", hint="build an image with them (docs/containers.md)")
+    cuda = config.cuda[first.cuda]
+    cibw.check_cuda(facts, cuda)
+    torch_version, index = resolve_torch(config, first, facts.glibc)
+    memory_mb = container_memory_mb()
+    return cibw.GroupPlan(
+        cells=tuple(cells), image=facts, engine=engine, torch_version=torch_version, torch_index=index, cuda=cuda,
+        compiler=cibw.choose_compiler(facts, config.torch[first.torch].cxx_std, cuda),
+        jobs=job_plan(config, first, memory_mb, max_jobs), memory_mb=memory_mb, knobs=knob_env(config, first),
+        cache_salt=cache_salt(config, first, torch_version, image), dirs=host_dirs(paths, first, facts),
+        pip=pip_sources())
+
+
+def _collect(plan: cibw.GroupPlan, cell: Cell, out: Path, paths: BuildPaths, logfile: Path, rc: int,
+             costs: dict[str, cibw.PythonCost], audit: bool) -> ContainerBuildResult:
+    cost = costs.get(cibw.identifier(cell), cibw.PythonCost())
+    result = ContainerBuildResult(cell, False, logfile, cost.build_s or 0.0, plan.jobs, image=plan.image.ref,
+                                  glibc=plan.image.glibc, cost=cost, cache_hits=cost.cache_hits,
+                                  cache_stores=cost.cache_stores)
+    built = [w for w in out.glob("*.whl") if f"-{cell.python_tag}-{cell.python_tag}-" in w.name]
+    if rc != 0 or len(built) != 1:
+        why = "killed, most likely out of memory: retry with a smaller --max-jobs" if looks_oom(rc, logfile) \
+            else f"cibuildwheel exit code {rc}, wheels {[w.name for w in built]}"
+        result.error = f"container build failed: {why}; log: {logfile}\n{_tail(logfile)}"
+        return result
+    paths.wheelhouse.mkdir(parents=True, exist_ok=True)
+    drop_folder_entries(built[0])
+    final = relabel(built[0], paths.wheelhouse / cell.wheel, pins={"torch": f"=={cell.torch}.*"})
+    result.ok, result.wheel, result.sha256, result.size = True, final, sha256_file(final), final.stat().st_size
+    if audit:
+        torch_lib = plan.dirs.torch / cibw.torch_dir(cell.python_tag, plan.torch_version) / "site-packages/torch/lib"
+        declared = Declared(archs=cell.archs, torch=cell.torch, max_glibc=plan.image.glibc)
+        report = audit_wheel(final, declared=declared, torch_lib_dir=torch_lib)
+        if not report.passed:
+            result.ok = False
+            result.error = "audit failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+    return result
+
+
+def drop_folder_entries(wheel: Path) -> None:
+    """auditwheel repair (6.4) stores folder entries ("pkg/"); wheelmeta.relabel would list them in RECORD as
+    files, which auditwheel show then fails to open. Rewrite the wheel without them (RECORD never had them)."""
+    with zipfile.ZipFile(wheel) as zin:
+        if not any(info.is_dir() for info in zin.infolist()):
+            return
+        tmp = wheel.with_name(wheel.name + ".part")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+            for info in zin.infolist():
+                if not info.is_dir():
+                    zout.writestr(info, zin.read(info))
+    tmp.replace(wheel)
+
+
+def _tail(logfile: Path, lines: int = 25) -> str:
+    return "\n".join(logfile.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def _share(value: float | None, first: float | None) -> str:
+    return f" ({value / first:.0%} of the first Python's)" if value is not None and first else ""
+
+
+def _report(results: list[ContainerBuildResult]) -> None:
+    one = results[0].cost
+    for r in results:
+        c, extra = r.cost, r is not results[0]
+        log.info(f"  {r.cell.python_tag}: torch setup {c.torch_s or 0:.0f}s, build {c.build_s or 0:.0f}s"
+                 f"{_share(c.build_s, one.build_s) if extra else ''}, compile work {c.compile_job_s or 0:.0f} job-s"
+                 f"{_share(c.compile_job_s, one.compile_job_s) if extra else ''}, repair {c.repair_s or 0:.0f}s; "
+                 f"compile cache {c.cache_hits} hits, {c.cache_stores} stored")
+
+
+def read_costs(plan: cibw.GroupPlan) -> dict[str, cibw.PythonCost]:
+    """Each Python's costs from the files the hooks left in the logs mount; its ninja log also feeds the
+    per-object durations that order the next build (LPT)."""
+    logs = plan.dirs.logs
+    ninja = {}
+    for cell in plan.cells:
+        kept = logs / cibw.NINJA_LOGS.name / cibw.identifier(cell)
+        if (kept / "build/temp/.ninja_log").exists():
+            ninja[cibw.identifier(cell)] = (kept / "build/temp/.ninja_log").read_text()
+            record_durations(kept, cell)
+    text = [(logs / n).read_text() if (logs / n).exists() else "" for n in (cibw.MARKS.name, cibw.CACHE_STATS.name)]
+    return cibw.parse_costs(text[0], text[1], ninja)
+
+
+def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, paths: BuildPaths,
+                args: argparse.Namespace) -> list[ContainerBuildResult]:
+    plan = plan_group(config, cells, engine, image, paths, args.max_jobs)
+    log.info(f"job plan: {plan.jobs.describe()}; compiler {plan.compiler['CXX']}; torch {plan.torch_version}")
+    tree = prepare_tree(config, cells[0], paths)
+    group = paths.group_dir(cells[0])
+    toml = group / "cibuildwheel.toml"
+    toml.write_text(cibw.to_toml(plan.table()))
+    out, logfile = group / "cibw-out", group / "logs" / "cibuildwheel.log"
+    shutil.rmtree(out, ignore_errors=True)
+    for name in (cibw.MARKS.name, cibw.CACHE_STATS.name):
+        (plan.dirs.logs / name).unlink(missing_ok=True)
+    shutil.rmtree(plan.dirs.logs / cibw.NINJA_LOGS.name, ignore_errors=True)
+    logfile.write_text(f"# wheelfarm: cibuildwheel --config-file {toml}\n")
+    cmd = [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--config-file", str(toml),
+           "--output-dir", str(out), "."]
+    log.info(f"$ {' '.join(cmd)} (in {tree}; log: {logfile})")
+    rc, _, _, _ = _run_build(cmd, {}, tree, logfile, cells[0].group)
+    costs = read_costs(plan)
+    (group / "costs.json").write_text(json.dumps({k: v.to_json() for k, v in costs.items()}, indent=1))
+    results = [_collect(plan, c, out, paths, logfile, rc, costs, not args.no_audit) for c in cells]
+    _report(results)
+    return results
+
+
+def build_in_container(config: Config, cells: list[Cell], args: argparse.Namespace) -> list[BuildResult]:
+    """Build ``cells`` group by group, each group by one cibuildwheel run in one container."""
+    if args.python or args.cuda_home:
+        raise BadInput("--python and --cuda-home reuse host tools: they apply to --backend host only")
+    try:
+        import cibuildwheel  # noqa: F401
+    except ImportError:
+        raise BadInput("--backend container needs cibuildwheel",
+                       hint="pip install cibuildwheel==4.3.5 (it needs Python 3.11+)") from None
+    engine = detect_engine(os.environ.get("WHEELFARM_ENGINE"))
+    work = (args.work_dir or config.root / config.farm.work_dir).resolve()
+    # Own trees and caches: a host build's build/ folder must never be copied into the container.
+    paths = BuildPaths(work_dir=work / "container",
+                       wheelhouse=(args.wheelhouse or config.root / config.farm.wheelhouse).resolve())
+    results: list[BuildResult] = []
+    ordered = sorted(cells, key=lambda c: (c.group, c.platform, c.python))
+    for _, group in itertools.groupby(ordered, key=lambda c: (c.group, c.platform)):
+        members = list(group)
+        image = find_image(engine, config, members[0])
+        if image is None:
+            cell = members[0]
+            raise BadInput(f"no build image for {cell.group} ({cell.platform}, CUDA {cell.cuda})",
+                           hint="build one (docs/containers.md), set WHEELFARM_IMAGE, or use --backend host")
+        names = ", ".join(c.python for c in members)
+        with log.step(f"{members[0].group}: Python {names} by cibuildwheel in {image}"):
+            results += build_group(config, members, engine, image, paths, args)
+    return results
