@@ -33,6 +33,7 @@ from packaging.version import InvalidVersion, Version
 
 from . import cuda_archs, elf, proc
 from .errors import BadInput, BuildFailed
+from .hashing import sha256_file
 
 SCHEMA = 1
 
@@ -827,12 +828,6 @@ def demangle(symbol: str) -> str:
     return out if out and out != symbol else symbol
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _extract_elfs(zf: zipfile.ZipFile, dest: Path) -> dict[str, Path]:

@@ -35,6 +35,7 @@ from packaging.version import InvalidVersion, Version
 
 from . import log, proc
 from .errors import BadInput, BuildFailed
+from .hashing import sha256_file as file_sha256
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
@@ -216,12 +217,6 @@ def sdist_sha256_of_path(directory: Path, package: str, version: str) -> str:
 # ------------------------------------------------------------------------------------------------ execute
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _mismatch(package: str, version: str, filename: str, expected: str, actual: str, origin: str) -> BadInput:

@@ -5,7 +5,6 @@ included), the dist-info folder to match, and ``Requires-Dist: torch==X.Y.*`` â€
 from __future__ import annotations
 
 import email.parser
-import hashlib
 import re
 import shutil
 import tempfile
@@ -16,13 +15,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from wheel.wheelfile import WheelFile
 
+from .hashing import sha256_file
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["read_metadata", "relabel", "rewrite_metadata", "sha256_file"]
+
+
 
 
 def read_metadata(wheel: Path) -> str:
