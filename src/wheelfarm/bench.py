@@ -18,16 +18,18 @@ analysed the same way, so one table names every machine a figure comes from.
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,11 +307,20 @@ class Measured:
     result: BuildResult
     ninja: NinjaStats | None
     settings: dict[str, Any] = field(default_factory=dict)
+    cpu_s: float = 0.0  # user + system seconds of the whole build tree: the work, whatever else ran meanwhile
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after: others' work on a shared host
 
     def to_json(self) -> dict[str, Any]:
         cores = self.result.plan.cores
-        return {"role": self.role, "settings": self.settings, "build": self.result.to_json(),
-                "ninja": self.ninja.to_json(cores) if self.ninja else None}
+        return {"role": self.role, "settings": self.settings, "cpu_s": round(self.cpu_s, 1),
+                "load_before_after": [round(x, 2) for x in self.load],
+                "build": self.result.to_json(), "ninja": self.ninja.to_json(cores) if self.ninja else None}
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of every finished, waited-for descendant so far (pip → setup.py → ninja → nvcc … all are)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def pick_group(cells: Sequence[Cell]) -> list[Cell]:
@@ -333,13 +344,17 @@ def _fresh(work_dir: Path, sdists: Sequence[Path]) -> BuildPaths:
     return BuildPaths(work_dir=work_dir, wheelhouse=work_dir / "wheelhouse")
 
 
-def _measure(role: str, result: BuildResult, paths: BuildPaths, settings: dict[str, Any]) -> Measured:
+def _measure(role: str, build: Callable[[], BuildResult], paths: BuildPaths, settings: dict[str, Any]) -> Measured:
+    cpu, load = children_cpu_s(), os.getloadavg()[0]
+    result = build()
+    cpu, load_after = children_cpu_s() - cpu, os.getloadavg()[0]
     if not result.ok:
         raise BuildFailed(f"bench: the {role} build of {result.cell.wheel} failed: {result.error}")
     ninja_log = cell_ninja_log(paths, result.cell)
-    log.info(f"bench: {role} {result.cell.wheel}: {result.seconds:.1f} s, "
-             f"{result.objects_compiled}/{result.objects_total} objects")
-    return Measured(role, result, read_ninja_log(ninja_log) if ninja_log else None, settings)
+    log.info(f"bench: {role} {result.cell.wheel}: {result.seconds:.1f} s wall, {cpu:.1f} s CPU, "
+             f"{result.objects_compiled}/{result.objects_total} objects, load average {load:.2f} → {load_after:.2f}")
+    return Measured(role, result, read_ninja_log(ninja_log) if ninja_log else None, settings, cpu,
+                    (load, load_after))
 
 
 def upstream_build(config: Config, cell: Cell, tc: toolchain.Toolchain, paths: BuildPaths) -> BuildResult:
@@ -422,6 +437,8 @@ def measured_figures(machine: str, first: Measured, extras: Sequence[Measured], 
     figures = []
     if upstream is not None:
         how = f"{first.result.seconds:.1f} s / {upstream.result.seconds:.1f} s ({first.result.cell.wheel})"
+        if first.cpu_s and upstream.cpu_s:
+            how += f"; CPU {first.cpu_s:.0f} / {upstream.cpu_s:.0f} s"
         if first.ninja and upstream.ninja:
             how += f"; ninja spans {first.ninja.span_s:.1f} / {upstream.ninja.span_s:.1f} s"
         figures.append(Figure("cold-vs-upstream", first.result.seconds / upstream.result.seconds, machine, how))
@@ -463,14 +480,14 @@ def run_round(config: Config, group: Sequence[Cell], tcs: dict[Cell, toolchain.T
 
     def wheelfarm() -> Measured:
         with log.step(f"bench: wheelfarm build, cold (empty compile cache): {first_cell.wheel}"):
-            return _measure("wheelfarm", build_cell(config, first_cell, tcs[first_cell], wf_paths), wf_paths,
+            return _measure("wheelfarm", lambda: build_cell(config, first_cell, tcs[first_cell], wf_paths), wf_paths,
                             {"compile_cache": True, "lpt": True, "max_jobs": "planned"})
 
     def upstream() -> Measured | None:
         if "upstream" in opts.skip:
             return None
         with log.step(f"bench: upstream method, cold: {first_cell.wheel}"):
-            return _measure("upstream", upstream_build(config, first_cell, tcs[first_cell], up_paths), up_paths,
+            return _measure("upstream", lambda: upstream_build(config, first_cell, tcs[first_cell], up_paths), up_paths,
                             {"compile_cache": False, "lpt": False, "MAX_JOBS": jobs.usable_cores(),
                              "NVCC_THREADS": UPSTREAM_NVCC_THREADS})
 
@@ -481,8 +498,8 @@ def run_round(config: Config, group: Sequence[Cell], tcs: dict[Cell, toolchain.T
     extras = []
     for cell in extra_cells:
         with log.step(f"bench: additional Python {cell.python}, same work dir: {cell.wheel}"):
-            extras.append(_measure("wheelfarm+python", build_cell(config, cell, tcs[cell], wf_paths), wf_paths,
-                                   {"compile_cache": True, "lpt": True, "max_jobs": "planned"}))
+            extras.append(_measure("wheelfarm+python", functools.partial(build_cell, config, cell, tcs[cell], wf_paths),
+                                   wf_paths, {"compile_cache": True, "lpt": True, "max_jobs": "planned"}))
     return first, up, extras
 
 

@@ -51,6 +51,7 @@ NINJA_LOGS = LOGS / "ninja"  # <identifier>/build/temp/.ninja_log: per-object se
 UTILITY_PYTHON = "/opt/python/cp39-cp39/bin/python"  # cibuildwheel needs it in every image (DESIGN.md)
 BUILD_TOOLS = ("build", "setuptools>=69", "wheel", "ninja", "packaging", "psutil")
 PYPI = "https://pypi.org/simple"
+PY_DIGITS = "$(python -c 'import sys; print(\"%d%d\" % sys.version_info[:2])')"  # in a hook: "312"
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -272,19 +273,24 @@ def _mark(event: str, who: str = "$CIBUILDWHEEL_BUILD_IDENTIFIER") -> str:
     return f'echo "{event} {who} $(date +%s.%N)" >> {MARKS}'
 
 
+def _cached(dest: str, steps: Sequence[str]) -> str:
+    """Shell that fills ``dest`` once: ``steps`` fill a fresh "$t" beside it (mktemp: unique across containers
+    sharing the mount), which is moved into place whole; if another build got there first, this copy is
+    dropped. A failed step removes "$t" and fails the hook."""
+    return (f'if [ ! -e "{dest}/.ready" ]; then mkdir -p "$(dirname "{dest}")"'
+            f' && t=$(mktemp -d "{dest}.part.XXXXXX") && {" && ".join(steps)} && touch "$t/.ready"'
+            f' && (mv -T "$t" "{dest}" 2>/dev/null || rm -rf "$t") || (rm -rf "$t"; exit 1); fi')
+
+
 def before_all(plan: GroupPlan) -> list[str]:
     """The CUDA toolkit from its pinned PyPI wheels into CUDA/<minor> (kept between runs), made a CUDA_HOME."""
     steps = [_mark("before-all", "group")]
     if plan.toolkit is not None:
         major = plan.cuda.version.split(".")[0]
-        dest = CUDA / plan.cuda.version
-        tmp = f"{dest}.part.$$"
-        home = f"{tmp}/nvidia/cu{major}"
-        steps.append(
-            f'if [ ! -e {dest}/.ready ]; then rm -rf "{tmp}"'
-            f' && python -m pip install --no-deps --target "{tmp}" {shlex.join(plan.toolkit)}'
-            f' && ln -sfn lib "{home}/lib64" && ln -sf libcudart.so.{major} "{home}/lib/libcudart.so"'
-            f' && touch "{tmp}/.ready" && rm -rf {dest} && mv "{tmp}" {dest}; fi')
+        home = f"$t/nvidia/cu{major}"
+        steps.append(_cached(str(CUDA / plan.cuda.version), [
+            f'python -m pip install --no-deps --target "$t" {shlex.join(plan.toolkit)}',
+            f'ln -sfn lib "{home}/lib64"', f'ln -sf libcudart.so.{major} "{home}/lib/libcudart.so"']))
     steps.append(f"{plan.cuda_home}/bin/nvcc --version")
     steps.append(_mark("after-all", "group"))
     return steps
@@ -295,23 +301,19 @@ def _torch_install(plan: GroupPlan) -> str:
     if plan.torch_index:  # PyPI's torch is another CUDA build: PyTorch's index first, PyPI for the rest
         args = ["--index-url", plan.torch_index]
         args += [a for url in (PYPI, *plan.pip.extra_index_urls) for a in ("--extra-index-url", url)]
-    target = '"$wf_torch.part.$$/site-packages"'
     # --no-compile: torch's thousands of .py files get their .pyc on first import (the folder is writable)
-    return f"python -m pip install --no-compile --target {target} {shlex.join([*args, f'torch=={plan.torch_version}'])}"
+    req = shlex.join([*args, f"torch=={plan.torch_version}"])
+    return f'python -m pip install --no-compile --target "$t/site-packages" {req}'
 
 
 def before_build(plan: GroupPlan) -> list[str]:
     """Per Python: the group's torch (cached per Python under TORCH), on that Python's path via a .pth file,
     the build tools into the Python itself (the container is thrown away afterwards)."""
-    tag = "cp$(python -c 'import sys; print(\"%d%d\" % sys.version_info[:2])')"
-    dest = f"{TORCH}/torch-{plan.torch_version}/{tag}"
     purelib = "$(python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))')"
     return [
         _mark("before"),
-        f'wf_torch="{dest}"',
-        'if [ ! -e "$wf_torch/.ready" ]; then rm -rf "$wf_torch.part.$$"'
-        f' && {_torch_install(plan)}'
-        ' && touch "$wf_torch.part.$$/.ready" && rm -rf "$wf_torch" && mv "$wf_torch.part.$$" "$wf_torch"; fi',
+        f'wf_torch="{TORCH}/torch-{plan.torch_version}/cp{PY_DIGITS}"',
+        _cached("$wf_torch", [_torch_install(plan)]),
         f'echo "$wf_torch/site-packages" > "{purelib}/wheelfarm-torch.pth"',
         f"python -m pip install -q {shlex.join(BUILD_TOOLS)}",
         f'echo "python $CIBUILDWHEEL_BUILD_IDENTIFIER" >> {CACHE_STATS}',
@@ -322,10 +324,12 @@ def before_build(plan: GroupPlan) -> list[str]:
 def repair_command() -> list[str]:
     """auditwheel in the image (it may vendor only the image's libraries), torch and CUDA excluded; the
     file name stays the build's (upstream convention), wheelfarm relabels and audits it on the host.
-    First the build's .ninja_log is kept (per-object seconds: the LPT order and the compile-work figures)."""
+    First this Python's .ninja_log is kept (per-object seconds: the LPT order and the compile-work figures;
+    /project/build holds every Python's temp folder of the container)."""
     keep = f"{NINJA_LOGS}/$CIBUILDWHEEL_BUILD_IDENTIFIER/build/temp"
+    ninja_log = f"{{package}}/build/temp*-cpython-{PY_DIGITS}/.ninja_log"
     cmd = ["auditwheel", "repair", "--plat", "auto", "--no-update-tags", *exclude_args()]
-    return [_mark("built"), f'(mkdir -p "{keep}" && cp {{package}}/build/temp*/.ninja_log "{keep}/") || true',
+    return [_mark("built"), f'(mkdir -p "{keep}" && cp {ninja_log} "{keep}/") || true',
             f"{shlex.join(cmd)} -w {{dest_dir}} {{wheel}}", _mark("repaired")]
 
 
