@@ -96,10 +96,14 @@ def unavailable_reason(config: Config, cells: list[Cell]) -> str | None:
     """Why ``--backend auto`` cannot build ``cells`` in a container (None: it can)."""
     try:
         engine = detect_engine(os.environ.get("WHEELFARM_ENGINE"))
+        for cuda in sorted({c.cuda for c in cells}):
+            image = find_image(engine, config, next(c for c in cells if c.cuda == cuda))
+            if image is None:
+                return f"no build image for CUDA {cuda} (docs/containers.md)"
+            cibw.check_cuda(probe(engine, image), config.cuda[cuda])
     except BadInput as exc:
         return exc.message
-    missing = sorted({c.cuda for c in cells if find_image(engine, config, c) is None})
-    return f"no build image for CUDA {', '.join(missing)} (docs/containers.md)" if missing else None
+    return None
 
 
 def probe(engine: Engine, image: str) -> cibw.ImageFacts:
