@@ -98,6 +98,13 @@ def knob_env(config: Config, cell: Cell) -> dict[str, str]:
     return env
 
 
+def cache_salt(config: Config, cell: Cell, torch_version: str) -> str:
+    """What a compile-cache key must cover beyond the command line: torch, the sdist and its patches."""
+    patches = sorted((config.root / REPO_ROOT_PATCHES / cell.package / cell.version).glob("*.patch"))
+    return "|".join([torch_version, config.packages[cell.package].versions[cell.version].sha256,
+                     *(sha256_file(p) for p in patches)])
+
+
 def compile_cache_env(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths) -> dict[str, str]:
     """Route torch's nvcc calls through wheelfarm's nvcc_cache so a group's Pythons share their .cu objects."""
     wrapper = paths.work_dir / "bin" / "nvcc-cache"
@@ -107,9 +114,7 @@ def compile_cache_env(config: Config, cell: Cell, tc: Toolchain, paths: BuildPat
     if not wrapper.exists() or wrapper.read_text() != text:
         wrapper.write_text(text)
         wrapper.chmod(0o755)
-    patches = sorted((config.root / REPO_ROOT_PATCHES / cell.package / cell.version).glob("*.patch"))
-    salt = "|".join([tc.torch_version, config.packages[cell.package].versions[cell.version].sha256,
-                     *(sha256_file(p) for p in patches)])
+    salt = cache_salt(config, cell, tc.torch_version)
     return {"PYTORCH_NVCC": str(wrapper), "WHEELFARM_REAL_NVCC": str(tc.cuda_home / "bin" / "nvcc"),
             "WHEELFARM_COMPILE_CACHE": str(paths.work_dir / "compile-cache"), "WHEELFARM_CACHE_SALT": salt,
             "WHEELFARM_CACHE_STATS": str(paths.log_file(cell).with_suffix(".cache-stats"))}

@@ -25,10 +25,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cibw, jobs, log, proc
+from . import build, cibw, jobs, log, proc
 from .audit import Declared, audit_wheel
 from .build import (
-    REPO_ROOT_PATCHES,
     BuildPaths,
     BuildResult,
     _run_build,
@@ -150,10 +149,8 @@ def pip_cache_dir() -> Path | None:
 
 
 def cache_salt(config: Config, cell: Cell, torch_version: str, image: str) -> str:
-    """What the compile-cache key must also cover (as build.compile_cache_env does, plus the image)."""
-    patches = sorted((config.root / REPO_ROOT_PATCHES / cell.package / cell.version).glob("*.patch"))
-    return "|".join([torch_version, config.packages[cell.package].versions[cell.version].sha256,
-                     *(sha256_file(p) for p in patches), image])
+    """What the compile-cache key must also cover: the host build's salt, plus the image."""
+    return f"{build.cache_salt(config, cell, torch_version)}|{image}"
 
 
 def container_memory_mb() -> int:
