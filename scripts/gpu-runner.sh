@@ -8,6 +8,8 @@
 #   scripts/gpu-runner.sh status     # progress of the background build
 #   scripts/gpu-runner.sh finish     # audit → publish to a local mirror → pip install from it → forward pass
 #   scripts/gpu-runner.sh collect    # copy results (logs, JSON, the wheel in ≤15 MiB parts) to $OUT
+#   scripts/gpu-runner.sh bench      # bootstrap, then `wheelfarm bench` of the sm90lite variant in the background
+#   scripts/gpu-runner.sh bench-collect   # the bench's JSON, console output, ninja logs and build-log tails to $OUT
 #
 # Reproduces docs/gpu-runs/: the cell is flash-attn 2.8.3.post2 / torch 2.11 / CUDA 13.0 / cp312 / ABI TRUE / sm90.
 set -euo pipefail
@@ -42,6 +44,34 @@ case "${1:-}" in
       echo \$? > $WF/build.rc; date +%s > $WF/build.end" < /dev/null > /dev/null 2>&1 &
     sleep 20; tail -5 "$WF/build.out"
     WAIT_S=${WAIT_S:-480} bash "$0" wait
+    ;;
+  bench)
+    # both cold builds (wheelfarm, then the upstream method) and the same-interpreter extra Python, in one hold:
+    # the sm90lite variant (ALiBi/softcap/local/uneven-K compiled out) keeps flash-attn's 73 objects at ~40 % work
+    bootstrap
+    PY=$(python3 -c 'import sys; print(sys.executable)')
+    mkdir -p "$WF"; date -u > "$WF/machine.txt"; nproc >> "$WF/machine.txt"
+    nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader >> "$WF/machine.txt" 2>&1 || true
+    # shellcheck disable=SC2086
+    setsid bash -c "cd $PWD && export PYTHONPATH=$PYTHONPATH PATH=$PATH WHEELFARM_CACHE=$WF/cache && \
+      date +%s > $WF/build.start && python3 -m wheelfarm bench --select $SELECT --as-variant ${VARIANT:-sm90lite} \
+      --python $PY --cuda-home /usr/local/cuda --sdists $PWD/.wheelfarm/cache/sdists --work-dir $WF/bench \
+      --json $WF/bench.json ${BENCH_ARGS:-} > $WF/build.out 2>&1; echo \$? > $WF/build.rc; date +%s > $WF/build.end" \
+      < /dev/null > /dev/null 2>&1 &
+    sleep 20; tail -5 "$WF/build.out"
+    WAIT_S=${WAIT_S:-540} bash "$0" wait
+    ;;
+  bench-collect)
+    out=${OUT:?}; mkdir -p "$out/bench"
+    cp "$WF"/{machine.txt,build.out,build.start,build.end,build.rc,bench.json} "$out/bench/" 2>/dev/null || true
+    cp "$WF"/bench/ninja-logs/*.ninja_log "$out/bench/" 2>/dev/null || true
+    for method in wheelfarm upstream; do
+      for f in "$WF/bench/$method"/groups/*/logs/*.log; do
+        [ -e "$f" ] && tail -c 200000 "$f" > "$out/bench/$method.$(basename "$f" | sed -E 's/.*-(cp[0-9]+)-.*/\1/').log.tail"
+      done
+    done
+    cp "$WF"/cache/durations/*.json "$out/bench/" 2>/dev/null || true
+    ls -la "$out/bench"
     ;;
   wait)
     # the device gives a machine back 30 s after a call ends: keep a call running while the build runs
@@ -90,5 +120,5 @@ PY
     done
     ls -la "$out" "$out/run"
     ;;
-  *) echo "usage: $0 start|status|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 start|wait|status|finish|collect|bench|bench-collect" >&2; exit 2 ;;
 esac

@@ -238,3 +238,29 @@ def test_rounds_combine_to_medians_and_the_highest_peak() -> None:
     assert combined[0].how.startswith("median of 3 rounds (0.900, 1.100, 0.950); round 1: a / b")
     assert combined[1].how.startswith("highest of 3 rounds")
     assert bench.combine([round_(0.9, 0.8)]) == round_(0.9, 0.8)
+
+
+def test_forgetting_one_pythons_build_keeps_the_group_and_other_pythons(tmp_path: Path) -> None:
+    """The same-interpreter stand-in for another Python: only that Python's setup.py folders and wheel go; the
+    source tree, the other Pythons' folders and the compile cache stay."""
+    _config, cell = _cell()
+    paths = BuildPaths(tmp_path, tmp_path / "wh")
+    build = paths.group_dir(cell) / "source" / "pkg-1.0" / "build"
+    tag = cell.python.replace(".", "")
+    mine = [build / f"temp.linux-x86_64-cpython-{tag}", build / f"lib.linux-x86_64-cpython-{tag}"]
+    other = build / "temp.linux-x86_64-cpython-399"
+    for folder in (*mine, other, tmp_path / "compile-cache" / "ab"):
+        folder.mkdir(parents=True)
+        (folder / "x.o").write_bytes(b"o")
+    paths.wheelhouse.mkdir()
+    (paths.wheelhouse / cell.wheel).write_bytes(b"wheel")
+    assert bench.forget_python_build(paths, cell) == sorted(mine)
+    assert not any(p.exists() for p in mine) and not (paths.wheelhouse / cell.wheel).exists()
+    assert (other / "x.o").exists() and (tmp_path / "compile-cache" / "ab" / "x.o").exists()
+
+
+def test_an_extra_python_on_the_same_interpreter_says_so(tmp_path: Path) -> None:
+    first = bench.Measured("wheelfarm", _result(tmp_path, 100.0), None)
+    again = bench.Measured(bench.SAME_PYTHON, _result(tmp_path, 8.0, hits=72), None)
+    figure = next(f for f in bench.measured_figures("gpu box", first, [again], None) if f.metric == "extra-python")
+    assert figure.value == pytest.approx(0.08) and "the same interpreter again" in figure.how

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from wheelfarm import jobs
+from wheelfarm.matrix import Cell
 
 
 def fake_root(tmp_path: Path, meminfo_mb: int, cgroup: dict[str, str] | None = None) -> Path:
@@ -66,7 +67,10 @@ def test_plan_threads_scale_memory_and_max_jobs_caps() -> None:
 
 def test_recorded_peaks_keep_the_highest(tmp_path: Path) -> None:
     path = tmp_path / "peaks.json"
-    key = jobs.peak_key("flash-attn", "2.8.3.post2", ("90",))
+    key = jobs.peak_key(Cell("flash-attn", "2.8.3.post2", "2.11", "13.0", "3.12", True, ("90",), "sm90"))
+    assert key == "flash-attn==2.8.3.post2:sm90"  # the key recorded peaks carry in existing caches
+    patched = Cell("flash-attn", "2.8.3.post2", "2.11", "13.0", "3.12", True, ("90",), "lite", patches="p/lite")
+    assert jobs.peak_key(patched) == "flash-attn==2.8.3.post2:sm90:lite"  # its code differs: its own peaks
     assert jobs.recorded_peak_mb(key, path) is None
     jobs.record_peak(key, 4100, 6900, path)
     jobs.record_peak(key, 3000, 5000, path)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from wheelfarm import build
 from wheelfarm.cli import main
 from wheelfarm.config import load
-from wheelfarm.matrix import expand, select
+from wheelfarm.errors import BadInput
+from wheelfarm.matrix import expand, select, with_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +126,11 @@ BROKEN = [
      'name = "again"', ["duplicate cell", "flash_attn-2.8.3.post2+cu12torch2.4cxx11abiTRUE-cp311"]),
     ("unknown top-level table", lambda t: t.replace("[variants.sm90]", "[variant.sm90]"), "[variant.sm90]",
      ["unknown key 'variant'", "did you mean 'variants'"]),
+    ("variant patch folder missing", lambda t: t.replace('archs = ["90"]', 'archs = ["90"]\npatches = "p/x"', 1),
+     'patches = "p/x"', ["variants.sm90.patches", "no *.patch files", "p/x"]),
+    ("variant patch folder outside the repo",
+     lambda t: t.replace('archs = ["90"]', 'archs = ["90"]\npatches = "../p"', 1), 'patches = "../p"',
+     ["variants.sm90.patches", "inside the repository"]),
 ]
 
 
@@ -184,3 +191,19 @@ def test_select_globs_and_alternatives() -> None:
     assert sorted({c.torch for c in picked}) == ["2.7", "2.8"]
     both = select(cells, ["python=3.9", "python=3.10", "torch=2.8"])
     assert sorted(c.python for c in both) == ["3.10", "3.9"]
+
+
+def test_a_patched_variant_layers_its_patches_and_keys_its_costs_apart() -> None:
+    """`bench --as-variant sm90lite`: the cell takes the variant's archs and patch folder; its source tree, compile
+    cache salt, recorded durations and peaks are keyed apart from the plain build's (the code differs)."""
+    config = load(ROOT / "build_matrix.toml")
+    plain = select(expand(config), ["package=flash-attn", "torch=2.11", "python=3.12", "variant=sm90"])[0]
+    lite = with_variant(config, plain, "sm90lite")
+    assert (lite.archs, lite.variant, lite.patches) == (("90",), "sm90lite", "patches/flash-attn/2.8.3.post2/sm90lite")
+    assert lite.wheel == "flash_attn-2.8.3.post2+cu13torch2.11cxx11abiTRUE.sm90lite-cp312-cp312-linux_x86_64.whl"
+    assert lite.group != plain.group and lite.cost_key != plain.cost_key == "flash-attn-2.8.3.post2-sm90"
+    assert [p.relative_to(ROOT).as_posix() for p in build.patch_dirs(config, lite)] == [
+        "patches/flash-attn/2.8.3.post2", "patches/flash-attn/2.8.3.post2/sm90lite"]
+    assert build.cache_salt(config, lite, "2.11.0") != build.cache_salt(config, plain, "2.11.0")
+    with pytest.raises(BadInput, match="did you mean 'sm90lite'"):
+        with_variant(config, plain, "sm90lit")

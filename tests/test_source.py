@@ -317,7 +317,8 @@ def test_prepare_source_reuses_then_rebuilds(tmp_path: Path) -> None:
     work = tmp_path / "work"
 
     def prepare() -> Path:
-        return source.prepare_source("demo", "1.0", sha, f"path:{pkg}", patches, tmp_path / "cache", work)
+        return source.prepare_source("demo", "1.0", sha, f"path:{pkg}", [patches / "demo" / "1.0"],
+                                     tmp_path / "cache", work)
 
     root = prepare()
     assert root == work / "source" / "demo-1.0" and (root / "file.txt").read_text() == "first\none\nlast\n"
@@ -338,19 +339,40 @@ def test_prepare_source_bad_patch_keeps_the_old_tree(tmp_path: Path) -> None:
     sha = source.sdist_sha256_of_path(pkg, "demo", "1.0")
     patches = tmp_path / "patches"
     work = tmp_path / "work"
-    root = source.prepare_source("demo", "1.0", sha, f"path:{pkg}", patches, tmp_path / "cache", work)
+    dirs = [patches / "demo" / "1.0"]
+    root = source.prepare_source("demo", "1.0", sha, f"path:{pkg}", dirs, tmp_path / "cache", work)
     (patches / "demo" / "1.0").mkdir(parents=True)
     write_patch(patches / "demo" / "1.0" / "0001.patch", "absent", "x")
     with pytest.raises(BadInput, match=r"0001\.patch"):
-        source.prepare_source("demo", "1.0", sha, f"path:{pkg}", patches, tmp_path / "cache", work)
+        source.prepare_source("demo", "1.0", sha, f"path:{pkg}", dirs, tmp_path / "cache", work)
     assert (root / "file.txt").read_text() == "first\nmiddle\nlast\n"
     assert sorted(p.name for p in work.iterdir()) == ["source", "source.json"]  # no staging folder left
+
+
+def test_variant_patches_apply_after_the_version_patches(tmp_path: Path) -> None:
+    """A variant's folder layers on the version's: its patch sees the version patch's result, and the marker
+    covers both, so switching the variant's patch makes a fresh tree."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "file.txt").write_text("first\nmiddle\nlast\n")
+    sha = source.sdist_sha256_of_path(pkg, "demo", "1.0")
+    version_dir, variant_dir = tmp_path / "patches" / "demo" / "1.0", tmp_path / "patches" / "demo" / "1.0" / "lite"
+    variant_dir.mkdir(parents=True)
+    write_patch(version_dir / "0001.patch", "middle", "one")
+    write_patch(variant_dir / "0001.patch", "one", "two")  # same file name, other folder: applies second
+    work = tmp_path / "work"
+    root = source.prepare_source("demo", "1.0", sha, f"path:{pkg}", [version_dir, variant_dir], tmp_path / "c", work)
+    assert (root / "file.txt").read_text() == "first\ntwo\nlast\n"
+    assert len(json.loads((work / "source.json").read_text())["patches"]) == 2
+    plain = source.prepare_source("demo", "1.0", sha, f"path:{pkg}", [version_dir], tmp_path / "c", work)
+    assert (plain / "file.txt").read_text() == "first\none\nlast\n"
 
 
 def test_fixture_patch_applies_through_prepare_source(tmp_path: Path) -> None:
     sha = source.sdist_sha256_of_path(FIXTURE, "fixture-attn", "0.1.0")
     root = source.prepare_source("fixture-attn", "0.1.0", sha, "path:tests/fixture/fixture-attn",
-                                 REPO / "patches", tmp_path / "cache", tmp_path / "work", root=REPO)
+                                 [REPO / "patches" / "fixture-attn" / "0.1.0"], tmp_path / "cache", tmp_path / "work",
+                                 root=REPO)
     setup_py = (root / "setup.py").read_text()
     assert "def cxx_std_for_torch()" in setup_py and '"-std=c++17"' not in setup_py
 

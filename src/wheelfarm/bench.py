@@ -50,6 +50,7 @@ DEFAULT_SELECT = ("package=fixture-attn",)
 RECORDED_PYTHON_OBJECTS = ("flash_api.o",)
 UPSTREAM_NVCC_THREADS = "2"  # upstream flash-attn CI (DESIGN.md)
 GPU_RUNS = "docs/gpu-runs"
+SAME_PYTHON = "wheelfarm+same-python"  # the extra-Python build's role when the group has one interpreter
 
 
 # ------------------------------------------------------------------------------------------------ goals
@@ -351,6 +352,10 @@ def _measure(role: str, build: Callable[[], BuildResult], paths: BuildPaths, set
     if not result.ok:
         raise BuildFailed(f"bench: the {role} build of {result.cell.wheel} failed: {result.error}")
     ninja_log = cell_ninja_log(paths, result.cell)
+    if ninja_log:  # kept beside the work dirs: a later build of the group replaces the tree's own
+        keep = paths.work_dir.parent / "ninja-logs"
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ninja_log, keep / f"{role}-cp{result.cell.python.replace('.', '')}-{time.time():.0f}.ninja_log")
     log.info(f"bench: {role} {result.cell.wheel}: {result.seconds:.1f} s wall, {cpu:.1f} s CPU, "
              f"{result.objects_compiled}/{result.objects_total} objects, load average {load:.2f} → {load_after:.2f}")
     return Measured(role, result, read_ninja_log(ninja_log) if ninja_log else None, settings, cpu,
@@ -445,7 +450,11 @@ def measured_figures(machine: str, first: Measured, extras: Sequence[Measured], 
     py_objects = python_dependent_objects(first.result.log, first.ninja) if first.ninja else []
     for extra in extras:
         how = (f"Python {extra.result.cell.python} {extra.result.seconds:.1f} s / Python {first.result.cell.python} "
-               f"{first.result.seconds:.1f} s; compile cache {extra.result.cache_hits} hits")
+               f"{first.result.seconds:.1f} s; compile cache {extra.result.cache_hits} hits, "
+               f"ninja ran {extra.result.objects_compiled}/{extra.result.objects_total} objects")
+        if extra.role == SAME_PYTHON:
+            how += ("; stand-in: the same interpreter again, its per-Python build folders deleted (one Python with "
+                    "torch on this machine)")
         figures.append(Figure("extra-python", extra.result.seconds / first.result.seconds, machine, how))
     if first.ninja and py_objects:
         py_s = first.ninja.seconds_of(py_objects)
@@ -495,12 +504,35 @@ def run_round(config: Config, group: Sequence[Cell], tcs: dict[Cell, toolchain.T
         up, first = upstream(), wheelfarm()
     else:
         first, up = wheelfarm(), upstream()
-    extras = []
+    extras: list[Measured] = []
+    settings = {"compile_cache": True, "lpt": True, "max_jobs": "planned"}
+    if first.result.cache_stores == 0 and "extra-python" not in opts.skip:
+        log.warn(f"bench: the compile cache stored no object in the cold build ({first.result.log}); an additional "
+                 "Python would compile everything again: not measured")
+        return first, up, extras
     for cell in extra_cells:
         with log.step(f"bench: additional Python {cell.python}, same work dir: {cell.wheel}"):
             extras.append(_measure("wheelfarm+python", functools.partial(build_cell, config, cell, tcs[cell], wf_paths),
-                                   wf_paths, {"compile_cache": True, "lpt": True, "max_jobs": "planned"}))
+                                   wf_paths, settings))
+    if not extra_cells and "extra-python" not in opts.skip:
+        with log.step(f"bench: the same interpreter again as the stand-in for another Python: {first_cell.wheel}"):
+            forget_python_build(wf_paths, first_cell)
+            extras.append(_measure(SAME_PYTHON, functools.partial(build_cell, config, first_cell, tcs[first_cell],
+                                                                  wf_paths), wf_paths, settings))
     return first, up, extras
+
+
+def forget_python_build(paths: BuildPaths, cell: Cell) -> list[Path]:
+    """Remove what one Python's build left in the group (its setup.py build folders, its wheel), keeping the
+    group's compile cache: building the cell again then costs what another Python of the group costs — every
+    object compiled anew through the cache, which serves all but the Python-dependent ones. For a machine with
+    one interpreter that has torch (a GPU runner); a second real Python is preferred where there is one."""
+    tag = cell.python.replace(".", "")
+    removed = sorted(paths.group_dir(cell).glob(f"source/*/build/*-cpython-{tag}*"))
+    for path in removed:
+        shutil.rmtree(path)
+    (paths.wheelhouse / cell.wheel).unlink(missing_ok=True)
+    return removed
 
 
 def combine(rounds: Sequence[Sequence[Figure]]) -> list[Figure]:

@@ -59,6 +59,7 @@ class BuildResult:
     attempts: int = 1
     cache_hits: int = 0
     cache_stores: int = 0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: prepare (source tree), pip wheel, relabel
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -68,6 +69,7 @@ class BuildResult:
             "peak_rss_mb": self.peaks.total_mb, "largest_process_mb": self.peaks.largest_mb,
             "plan": self.plan.to_json(), "error": self.error, "attempts": self.attempts,
             "compile_cache": {"hits": self.cache_hits, "stores": self.cache_stores},
+            "phases_s": {k: round(v, 1) for k, v in self.phases.items()},
         }
 
 
@@ -98,9 +100,15 @@ def knob_env(config: Config, cell: Cell) -> dict[str, str]:
     return env
 
 
+def patch_dirs(config: Config, cell: Cell) -> list[Path]:
+    """The cell's patch folders in the order they apply: the package version's, then its variant's."""
+    return [config.root / REPO_ROOT_PATCHES / cell.package / cell.version,
+            *([config.root / cell.patches] if cell.patches else [])]
+
+
 def cache_salt(config: Config, cell: Cell, torch_version: str) -> str:
     """What a compile-cache key must cover beyond the command line: torch, the sdist and its patches."""
-    patches = sorted((config.root / REPO_ROOT_PATCHES / cell.package / cell.version).glob("*.patch"))
+    patches = source.list_patches(patch_dirs(config, cell))
     return "|".join([torch_version, config.packages[cell.package].versions[cell.version].sha256,
                      *(sha256_file(p) for p in patches)])
 
@@ -121,10 +129,12 @@ def compile_cache_env(config: Config, cell: Cell, tc: Toolchain, paths: BuildPat
 
 
 def durations_file(cell: Cell) -> Path:
-    """Per-object compile seconds of earlier builds of this package/version/archs (seeded from data/)."""
-    name = f"{cell.package}-{cell.version}-sm{'_'.join(cell.archs)}.json"
-    path = cache_dir() / "durations" / name
-    seed = Path(__file__).with_name("data") / "durations" / name
+    """Per-object compile seconds of earlier builds of this package/version/archs (seeded from data/; a patched
+    variant without its own seed starts from the plain build's durations: the same objects, for the order)."""
+    path = cache_dir() / "durations" / f"{cell.cost_key}.json"
+    seeds = Path(__file__).with_name("data") / "durations"
+    plain = f"{cell.package}-{cell.version}-sm{'_'.join(cell.archs)}.json"
+    seed = next((s for s in (seeds / path.name, seeds / plain) if s.exists()), seeds / path.name)
     if not path.exists() and seed.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(seed, path)
@@ -148,7 +158,9 @@ def lpt_env(cell: Cell, paths: BuildPaths, python: Path, path_var: str) -> dict[
 
 
 def record_durations(tree: Path, cell: Cell) -> None:
-    """Fold this build's .ninja_log into the durations file; cache hits (under 2 s) don't replace compiles."""
+    """Fold this build's .ninja_log into the durations file: a compile's seconds are averaged with the recorded ones
+    (one run's noise, ±20 % per object between two H100 runs, moves the order less); cache hits (under 2 s) don't
+    replace compiles."""
     path = durations_file(cell)
     known: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
     for ninja_log in tree.glob("build/temp*/.ninja_log"):
@@ -158,8 +170,10 @@ def record_durations(tree: Path, cell: Cell) -> None:
                 continue
             seconds = (int(fields[1]) - int(fields[0])) / 1000
             name = Path(fields[3]).name
-            if seconds >= 2 or name not in known:
+            if name not in known or (seconds >= 2 and known[name] < 2):
                 known[name] = round(seconds, 1)
+            elif seconds >= 2:
+                known[name] = round((known[name] + seconds) / 2, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(sorted(known.items(), key=lambda kv: -kv[1])), indent=1) + "\n")
 
@@ -171,7 +185,7 @@ def _cache_counts(stats: Path) -> tuple[int, int]:
 
 def plan_for(config: Config, cell: Cell, *, max_jobs: int | None = None) -> jobs.JobPlan:
     package = config.packages[cell.package]
-    key = jobs.peak_key(cell.package, cell.version, cell.archs)
+    key = jobs.peak_key(cell)
     recorded = jobs.recorded_peak_mb(key)
     per_job, origin = (recorded, "a recorded build") if recorded else (package.job_peak_mb, "build_matrix.toml")
     return jobs.plan(cores=jobs.usable_cores(), memory=jobs.available_memory(), per_job_mb=per_job,
@@ -186,7 +200,7 @@ def prepare_tree(config: Config, cell: Cell, paths: BuildPaths) -> Path:
     src = package.source
     if src.startswith("path:"):
         src = "path:" + str((config.root / src[5:]).resolve())
-    return source.prepare_source(cell.package, cell.version, pin.sha256, src, config.root / REPO_ROOT_PATCHES,
+    return source.prepare_source(cell.package, cell.version, pin.sha256, src, patch_dirs(config, cell),
                                  paths.work_dir / "sdists", paths.group_dir(cell))
 
 
@@ -277,11 +291,13 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
     """Build ``cell`` with toolchain ``tc`` into ``paths.wheelhouse``; never leaves a partial wheel there."""
     plan = plan_for(config, cell, max_jobs=max_jobs)
     log.info(f"job plan: {plan.describe()}")
+    start = time.monotonic()
     tree = prepare_tree(config, cell, paths)
+    phases = {"prepare": time.monotonic() - start}
     logfile = paths.log_file(cell)
     logfile.parent.mkdir(parents=True, exist_ok=True)
     logfile.write_text(f"# wheelfarm build of {cell.wheel}\n# plan: {plan.describe()}\n")
-    start, attempts = time.monotonic(), 0
+    attempts = 0
     cache_env = compile_cache_env(config, cell, tc, paths) if compile_cache else {}
     stats = Path(cache_env.get("WHEELFARM_CACHE_STATS", logfile.with_suffix(".cache-stats")))
     stats.unlink(missing_ok=True)
@@ -296,7 +312,9 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
                    "--disable-pip-version-check", "-w", str(outdir), str(tree)]
             with logfile.open("a") as f:
                 f.write(f"# attempt {attempts}: MAX_JOBS={plan.max_jobs}\n")
+            pip_start = time.monotonic()
             rc, done, total, peaks = _run_build(cmd, env, tree, logfile, cell.wheel)
+            phases["pip wheel"] = phases.get("pip wheel", 0.0) + time.monotonic() - pip_start
             if rc == 0:
                 break
             if looks_oom(rc, logfile) and retry_oom and plan.max_jobs > 1:
@@ -323,6 +341,7 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
         built = sorted(outdir.glob("*.whl"))
         if len(built) != 1:
             raise BuildFailed(f"expected one wheel from the build, found {[p.name for p in built]}; log: {logfile}")
+        relabel_start = time.monotonic()
         try:
             paths.wheelhouse.mkdir(parents=True, exist_ok=True)
             final = relabel(built[0], paths.wheelhouse / cell.wheel, pins={"torch": f"=={cell.torch}.*"})
@@ -332,12 +351,13 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
                                    "no partial file") from exc
         if done and peaks.total_mb:
             per_job = max(peaks.largest_mb, peaks.total_mb // max(1, min(plan.max_jobs, done)))
-            jobs.record_peak(jobs.peak_key(cell.package, cell.version, cell.archs), per_job, peaks.largest_mb)
+            jobs.record_peak(jobs.peak_key(cell), per_job, peaks.largest_mb)
+        phases["relabel"] = time.monotonic() - relabel_start
         record_durations(tree, cell)
         hits, stores = _cache_counts(stats)
         return BuildResult(cell, True, logfile, time.monotonic() - start, plan, wheel=final,
                            sha256=sha256_file(final), size=final.stat().st_size, objects_compiled=done,
                            objects_total=max(total, objects_in_manifest(tree, cell)), peaks=peaks, attempts=attempts,
-                           cache_hits=hits, cache_stores=stores)
+                           cache_hits=hits, cache_stores=stores, phases=phases)
     finally:
         shutil.rmtree(outdir, ignore_errors=True)

@@ -100,6 +100,7 @@ class Variant:
     name: str
     archs: tuple[str, ...] | None
     description: str
+    patches: str | None = None  # a folder of *.patch (repo-relative), applied after the package version's own
 
 
 @dataclass(frozen=True)
@@ -340,9 +341,18 @@ def _variant(r: _Reader, name: str, table: Any) -> Variant:
                       "PEP 440 local version label)")
     if not isinstance(table, dict):
         raise r.error(key, f"[variants.{name}] must be a table")
-    r.keys(table, {"archs", "description"}, key)
+    r.keys(table, {"archs", "description", "patches"}, key)
     archs = r.strings(table, "archs", key, pattern=ARCH, default=None)
-    return Variant(name, archs, r.get(table, "description", str, key, ""))
+    patches = r.get(table, "patches", str, key, None)
+    if patches is not None:
+        folder = r.path.parent / patches
+        if Path(patches).is_absolute() or ".." in Path(patches).parts:
+            raise r.error((*key, "patches"), f"variants.{name}.patches = {patches!r}: give a folder inside the "
+                          "repository, relative to build_matrix.toml")
+        if not folder.is_dir() or not any(folder.glob("*.patch")):
+            raise r.error((*key, "patches"), f"variants.{name}.patches = {patches!r}: no *.patch files in {folder}",
+                          hint="create the folder with the variant's patches, or remove the key")
+    return Variant(name, archs, r.get(table, "description", str, key, ""), patches)
 
 
 _BLOCK_KEYS = {"name", "package", "version", "torch", "cuda", "python", "cxx11abi", "archs", "variant",

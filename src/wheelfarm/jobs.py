@@ -11,8 +11,12 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .paths import cache_dir
+
+if TYPE_CHECKING:
+    from .matrix import Cell
 
 HEADROOM = 0.85  # leave 15% of the available memory to the linker, ninja, the page cache
 
@@ -111,8 +115,8 @@ def _peaks_file() -> Path:
     return cache_dir() / "peaks.json"
 
 
-def peak_key(package: str, version: str, archs: tuple[str, ...]) -> str:
-    return f"{package}=={version}:sm{'_'.join(archs)}"
+def peak_key(cell: Cell) -> str:
+    return f"{cell.package}=={cell.version}:sm{'_'.join(cell.archs)}" + (f":{cell.variant}" if cell.patches else "")
 
 
 def recorded_peak_mb(key: str, path: Path | None = None) -> int | None:

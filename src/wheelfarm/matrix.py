@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import itertools
@@ -26,6 +27,13 @@ class Cell:
     archs: tuple[str, ...]
     variant: str = ""
     platform: str = "linux_x86_64"
+    patches: str = ""  # the variant's patch folder (repo-relative), applied after the package version's patches
+
+    @property
+    def cost_key(self) -> str:
+        """What decides the compile work, for recorded durations and peaks: the package version and archs, and the
+        variant when its patches change the code."""
+        return f"{self.package}-{self.version}-sm{'_'.join(self.archs)}" + (f"-{self.variant}" if self.patches else "")
 
     @property
     def abi_flag(self) -> str:
@@ -95,7 +103,7 @@ def _block_cells(config: Config, block: Block) -> Iterable[tuple[Cell, tuple[str
                                hint=_close(version, package.versions))
         archs = block.archs or (variant.archs if variant and variant.archs else package.versions[version].archs)
         cell = Cell(block.package, version, _torch_minor(torch), cuda, python, abi, tuple(archs), block.variant,
-                    block.platform)
+                    block.platform, variant.patches or "" if variant else "")
         if _excluded(cell, block):
             continue
         yield cell, key
@@ -171,3 +179,12 @@ def select(cells: Iterable[Cell], selectors: Sequence[str]) -> list[Cell]:
 def _close(word: str, options: Iterable[str]) -> str | None:
     match = difflib.get_close_matches(word, list(options), n=1)
     return f"did you mean {match[0]!r}?" if match else None
+
+
+def with_variant(config: Config, cell: Cell, name: str) -> Cell:
+    """``cell`` as variant ``name`` builds it (its archs and patches): for a bench of a variant no block lists."""
+    if name not in config.variants:
+        raise BadInput(f"unknown variant {name!r}", hint=_close(name, config.variants)
+                       or f"variants: {', '.join(config.variants) or 'none in build_matrix.toml'}")
+    variant = config.variants[name]
+    return dataclasses.replace(cell, variant=name, archs=variant.archs or cell.archs, patches=variant.patches or "")

@@ -142,9 +142,11 @@ def marker_for(sdist_sha256: str, patches: Sequence[Path], root_name: str) -> di
     }
 
 
-def list_patches(patch_dir: Path) -> list[Path]:
-    """The ``*.patch`` files of a package version, in file-name order (none if the folder is absent)."""
-    return sorted(patch_dir.glob("*.patch")) if patch_dir.is_dir() else []
+def list_patches(patch_dirs: Path | Sequence[Path]) -> list[Path]:
+    """The ``*.patch`` files of each folder, in file-name order, folder after folder (an absent folder has none):
+    a package version's own patches, then its variant's."""
+    dirs = [patch_dirs] if isinstance(patch_dirs, Path) else list(patch_dirs)
+    return [p for d in dirs for p in (sorted(d.glob("*.patch")) if d.is_dir() else [])]
 
 
 # ------------------------------------------------------------------------------------ deterministic sdist
@@ -378,14 +380,14 @@ def _scratch_copy(src_root: Path, patches: Sequence[Path], scratch: Path) -> Non
                 shutil.copy2(source, scratch / rel)
 
 
-def apply_patches(src_root: Path, patch_dir: Path) -> list[Path]:
-    """Apply ``patch_dir/*.patch`` in file-name order with ``patch -p1``; returns the patches applied.
+def apply_patches(src_root: Path, patch_dirs: Path | Sequence[Path]) -> list[Path]:
+    """Apply ``*.patch`` of each folder in file-name order with ``patch -p1``; returns the patches applied.
 
     All patches are first applied, in order, to a scratch copy of the files they touch; only when every one
     applies is the real tree patched. A patch that does not apply raises BadInput naming the patch file and
     the failing hunk, and the tree is left untouched.
     """
-    patches = list_patches(patch_dir)
+    patches = list_patches(patch_dirs)
     if not patches:
         return []
     with tempfile.TemporaryDirectory(prefix="wheelfarm-patch-check-") as tmp:
@@ -398,7 +400,8 @@ def apply_patches(src_root: Path, patch_dir: Path) -> list[Path]:
                 raise BadInput(f"patch {patch} does not apply to {src_root.name}: {'; '.join(reasons)}",
                                hint="refresh the patch against the unpacked sdist (`patch -p1 --dry-run "
                                     f"< {patch}` in it shows the details); the tree was not changed")
-    with log.step(f"apply {len(patches)} patch(es) from {patch_dir}"):
+    folders = ", ".join(dict.fromkeys(str(p.parent) for p in patches))
+    with log.step(f"apply {len(patches)} patch(es) from {folders}"):
         for patch in patches:
             ok, output = _run_patch(patch, src_root, quiet=False)
             if not ok:  # passed on the scratch copy: the tree changed under us
@@ -415,7 +418,7 @@ def _read_marker(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def prepare_source(package: str, version: str, sha256: str, source: str, patches_root: Path, cache_dir: Path,
+def prepare_source(package: str, version: str, sha256: str, source: str, patch_dirs: Sequence[Path], cache_dir: Path,
                    work_dir: Path, *, root: Path | None = None) -> Path:
     """The patched source tree of ``package`` ``version`` under ``work_dir/source/``; returns its root.
 
@@ -424,7 +427,7 @@ def prepare_source(package: str, version: str, sha256: str, source: str, patches
     in a temporary folder and then swapped in, so no half-prepared tree is ever left under that name.
     """
     sdist = fetch_sdist(package, version, sha256, cache_dir, source=source, root=root)
-    patches = list_patches(patches_root / package / version)
+    patches = list_patches(patch_dirs)
     tree, marker = work_dir / TREE, work_dir / MARKER
     want = marker_for(sha256.lower(), patches, sdist_stem(package, version))
     have = _read_marker(marker)
@@ -438,7 +441,7 @@ def prepare_source(package: str, version: str, sha256: str, source: str, patches
     try:
         with log.step(f"unpack {sdist.name}"):
             src_root = unpack(sdist, staging)
-        apply_patches(src_root, patches_root / package / version)
+        apply_patches(src_root, patch_dirs)
         marker.unlink(missing_ok=True)
         if tree.exists():
             shutil.rmtree(tree)

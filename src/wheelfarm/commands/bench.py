@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import bench, log
-from ..matrix import expand, select
+from ..matrix import expand, select, with_variant
 from ..settings import add_matrix_options, load_config
 
 NAME = "bench"
@@ -31,6 +31,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="leave out a measurement (e.g. upstream where two builds don't fit one machine hold)")
     parser.add_argument("--ninja-log", action="append", default=[], metavar="PATH:CORES[:LABEL]",
                         help="also analyse this recorded .ninja_log (docs/gpu-runs/*/ninja_log are always analysed)")
+    parser.add_argument("--as-variant", metavar="NAME",
+                        help="build the selected cells as this [variants] entry (its archs and patches), e.g. "
+                             "sm90lite: flash-attn at a quarter of the work, both methods in one GPU-machine hold")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the builds N times, alternating which method goes first; figures are medians")
     parser.add_argument("--no-build", action="store_true",
@@ -45,6 +48,8 @@ def execute(args: argparse.Namespace) -> int:
     report = bench.Report(bench.describe_machine(), selectors, figures)
     if not args.no_build:
         cells = select(expand(config), selectors)
+        if args.as_variant:
+            cells = [with_variant(config, c, args.as_variant) for c in cells]
         opts = bench.Options(work_dir=(args.work_dir or config.root / config.farm.work_dir / "bench").resolve(),
                              python=args.python, cuda_home=args.cuda_home,
                              sdists=tuple(args.sdists) or bench.default_sdists(config), skip=frozenset(args.skip))
