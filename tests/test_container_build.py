@@ -411,14 +411,21 @@ def test_cp311_wheel_installs_on_the_host_and_imports(container_group, fixture_b
 
 
 def test_folder_entries_of_a_repaired_wheel_are_dropped(tmp_path):
+    """auditwheel repair (6.4) stores folder entries ("pkg/"); relabel leaves them out, so RECORD lists files only
+    (auditwheel show cannot open a folder listed there)."""
     import zipfile
+
+    from wheelfarm.wheelmeta import relabel
 
     wheel = tmp_path / "pkg-1.0-cp311-cp311-linux_x86_64.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("pkg/", b"")
         zf.writestr("pkg/__init__.py", b"x = 1\n")
+        zf.writestr("pkg-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n")
+        zf.writestr("pkg-1.0.dist-info/WHEEL", b"Wheel-Version: 1.0\nRoot-Is-Purelib: false\n")
         zf.writestr("pkg-1.0.dist-info/RECORD", b"pkg/__init__.py,,\n")
-    container_build.drop_folder_entries(wheel)
-    with zipfile.ZipFile(wheel) as zf:
-        assert zf.namelist() == ["pkg/__init__.py", "pkg-1.0.dist-info/RECORD"]
-        assert zf.read("pkg/__init__.py") == b"x = 1\n"
+    (tmp_path / "out").mkdir()
+    final = relabel(wheel, tmp_path / "out" / "pkg-1.0+x-cp311-cp311-linux_x86_64.whl", pins={})
+    with zipfile.ZipFile(final) as zf:
+        assert "pkg/" not in zf.namelist() and zf.read("pkg/__init__.py") == b"x = 1\n"
+        assert "pkg/," not in zf.read("pkg-1.0+x.dist-info/RECORD").decode()

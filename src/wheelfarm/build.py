@@ -215,7 +215,7 @@ def _stream(proc: subprocess.Popen[str], logfile: Path, label: str) -> Iterator[
                 yield int(match.group(1)), int(match.group(2))
 
 
-def _run_build(cmd: list[str], env: dict[str, str], cwd: Path, logfile: Path, label: str
+def run_build(cmd: list[str], env: dict[str, str], cwd: Path, logfile: Path, label: str
                ) -> tuple[int, int, int, Peaks]:
     """Run the build with a progress bar; returns (returncode, objects compiled, objects total, peaks)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
@@ -281,7 +281,7 @@ def looks_oom(returncode: int, logfile: Path) -> bool:
     return any(sign in tail for sign in OOM_SIGNS)
 
 
-def _tail(logfile: Path, lines: int = 25) -> str:
+def log_tail(logfile: Path, lines: int = 25) -> str:
     return "\n".join(logfile.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
@@ -313,7 +313,7 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
             with logfile.open("a") as f:
                 f.write(f"# attempt {attempts}: MAX_JOBS={plan.max_jobs}\n")
             pip_start = time.monotonic()
-            rc, done, total, peaks = _run_build(cmd, env, tree, logfile, cell.wheel)
+            rc, done, total, peaks = run_build(cmd, env, tree, logfile, cell.wheel)
             phases["pip wheel"] = phases.get("pip wheel", 0.0) + time.monotonic() - pip_start
             if rc == 0:
                 break
@@ -337,7 +337,7 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
             return BuildResult(cell, False, logfile, time.monotonic() - start, plan, objects_compiled=done,
                                objects_total=max(total, objects_in_manifest(tree, cell)), peaks=peaks,
                                attempts=attempts,
-                               error=f"build failed: {why}; log: {logfile}\n{_tail(logfile)}")
+                               error=f"build failed: {why}; log: {logfile}\n{log_tail(logfile)}")
         built = sorted(outdir.glob("*.whl"))
         if len(built) != 1:
             raise BuildFailed(f"expected one wheel from the build, found {[p.name for p in built]}; log: {logfile}")

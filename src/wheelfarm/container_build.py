@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +29,14 @@ from .audit import Declared, audit_wheel
 from .build import (
     BuildPaths,
     BuildResult,
-    _run_build,
     durations_file,
     knob_env,
+    log_tail,
     looks_oom,
     plan_for,
     prepare_tree,
     record_durations,
+    run_build,
 )
 from .compat import torch_cuda_build
 from .config import Config
@@ -221,10 +221,9 @@ def _collect(plan: cibw.GroupPlan, cell: Cell, out: Path, paths: BuildPaths, log
     if rc != 0 or len(built) != 1:
         why = "killed, most likely out of memory: retry with a smaller --max-jobs" if looks_oom(rc, logfile) \
             else f"cibuildwheel exit code {rc}, wheels {[w.name for w in built]}"
-        result.error = f"container build failed: {why}; log: {logfile}\n{_tail(logfile)}"
+        result.error = f"container build failed: {why}; log: {logfile}\n{log_tail(logfile)}"
         return result
     paths.wheelhouse.mkdir(parents=True, exist_ok=True)
-    drop_folder_entries(built[0])
     final = relabel(built[0], paths.wheelhouse / cell.wheel, pins={"torch": f"=={cell.torch}.*"})
     result.ok, result.wheel, result.sha256, result.size = True, final, sha256_file(final), final.stat().st_size
     if audit:
@@ -235,24 +234,6 @@ def _collect(plan: cibw.GroupPlan, cell: Cell, out: Path, paths: BuildPaths, log
             result.ok = False
             result.error = "audit failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
     return result
-
-
-def drop_folder_entries(wheel: Path) -> None:
-    """auditwheel repair (6.4) stores folder entries ("pkg/"); wheelmeta.relabel would list them in RECORD as
-    files, which auditwheel show then fails to open. Rewrite the wheel without them (RECORD never had them)."""
-    with zipfile.ZipFile(wheel) as zin:
-        if not any(info.is_dir() for info in zin.infolist()):
-            return
-        tmp = wheel.with_name(wheel.name + ".part")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
-            for info in zin.infolist():
-                if not info.is_dir():
-                    zout.writestr(info, zin.read(info))
-    tmp.replace(wheel)
-
-
-def _tail(logfile: Path, lines: int = 25) -> str:
-    return "\n".join(logfile.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
 def _share(value: float | None, first: float | None) -> str:
@@ -300,7 +281,7 @@ def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, p
     cmd = [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--config-file", str(toml),
            "--output-dir", str(out), "."]
     log.info(f"$ {' '.join(cmd)} (in {tree}; log: {logfile})")
-    rc, _, _, _ = _run_build(cmd, {}, tree, logfile, cells[0].group)
+    rc, _, _, _ = run_build(cmd, {}, tree, logfile, cells[0].group)
     costs = read_costs(plan)
     (group / "costs.json").write_text(json.dumps({k: v.to_json() for k, v in costs.items()}, indent=1))
     results = [_collect(plan, c, out, paths, logfile, rc, costs, not args.no_audit) for c in cells]

@@ -66,6 +66,8 @@ def relabel(src: Path, dest: Path, *, pins: dict[str, str]) -> Path:
         with zipfile.ZipFile(src) as zin, WheelFile(tmp, "w") as zout:
             old_info = next(n.split("/")[0] for n in zin.namelist() if n.split("/")[0].endswith(".dist-info"))
             for info in zin.infolist():
+                if info.is_dir():
+                    continue  # folder entries (auditwheel repair writes "pkg/"): RECORD lists files only
                 parts = info.filename.split("/", 1)
                 if parts[0] == old_info:
                     if parts[1] == "RECORD":
