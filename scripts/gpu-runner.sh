@@ -9,6 +9,7 @@
 #   scripts/gpu-runner.sh finish     # audit → publish to a local mirror → pip install from it → forward pass
 #   scripts/gpu-runner.sh collect    # copy results (logs, JSON, the wheel in ≤15 MiB parts) to $OUT
 #   scripts/gpu-runner.sh bench      # bootstrap, then `wheelfarm bench` of the sm90lite variant in the background
+#   scripts/gpu-runner.sh bench-gpu-test  # the bench's sm90lite wheel: 55 GPU checks + the 720-test upstream subset
 #   scripts/gpu-runner.sh bench-collect   # the bench's JSON, console output, ninja logs and build-log tails to $OUT
 #
 # Reproduces docs/gpu-runs/: the cell is flash-attn 2.8.3.post2 / torch 2.11 / CUDA 13.0 / cp312 / ABI TRUE / sm90.
@@ -61,17 +62,28 @@ case "${1:-}" in
     sleep 20; tail -5 "$WF/build.out"
     WAIT_S=${WAIT_S:-540} bash "$0" wait
     ;;
+  bench-gpu-test)
+    # the bench's sm90lite wheel on the GPU: the 55 reference checks use none of the compiled-out features, and
+    # build_matrix.toml's 720-test upstream subset (d 64/128/256, no ALiBi/softcap/window) runs in its budget
+    bootstrap
+    W=$(find "$WF/bench/wheelfarm/wheelhouse" -name '*.whl' | head -1)
+    python3 -m wheelfarm gpu-test "$W" --require-gpu --reuse-env --find-links .whl \
+      --upstream-tests .wheelfarm/cache/sdists/flash_attn-2.8.3.post2.tar.gz --output "$WF/lite.gpu.json" \
+      > "$WF/lite-gputest.log" 2>&1 || true
+    tail -25 "$WF/lite-gputest.log"
+    ;;
   bench-collect)
-    out=${OUT:?}; mkdir -p "$out/bench"
-    cp "$WF"/{machine.txt,build.out,build.start,build.end,build.rc,bench.json} "$out/bench/" 2>/dev/null || true
-    cp "$WF"/bench/ninja-logs/*.ninja_log "$out/bench/" 2>/dev/null || true
+    # one archive: $OUT brings back at most 8 files
+    out=${OUT:?}; dir="$WF/bench-results"; rm -rf "$dir"; mkdir -p "$dir"
+    cp "$WF"/{machine.txt,build.out,build.start,build.end,build.rc,bench.json,lite.gpu.json,lite-gputest.log} \
+      "$dir/" 2>/dev/null || true
+    cp "$WF"/bench/ninja-logs/*.ninja_log "$WF"/cache/durations/*.json "$dir/" 2>/dev/null || true
     for method in wheelfarm upstream; do
       for f in "$WF/bench/$method"/groups/*/logs/*.log; do
-        [ -e "$f" ] && tail -c 200000 "$f" > "$out/bench/$method.$(basename "$f" | sed -E 's/.*-(cp[0-9]+)-.*/\1/').log.tail"
+        [ -e "$f" ] && tail -c 200000 "$f" > "$dir/$method.build.log.tail"
       done
     done
-    cp "$WF"/cache/durations/*.json "$out/bench/" 2>/dev/null || true
-    ls -la "$out/bench"
+    tar czf "$out/bench-results.tar.gz" -C "$WF" bench-results && ls -la "$dir" "$out"
     ;;
   wait)
     # the device gives a machine back 30 s after a call ends: keep a call running while the build runs
@@ -120,5 +132,5 @@ PY
     done
     ls -la "$out" "$out/run"
     ;;
-  *) echo "usage: $0 start|wait|status|finish|collect|bench|bench-collect" >&2; exit 2 ;;
+  *) echo "usage: $0 start|wait|status|finish|collect|bench|bench-gpu-test|bench-collect" >&2; exit 2 ;;
 esac

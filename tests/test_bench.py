@@ -264,3 +264,12 @@ def test_an_extra_python_on_the_same_interpreter_says_so(tmp_path: Path) -> None
     again = bench.Measured(bench.SAME_PYTHON, _result(tmp_path, 8.0, hits=72), None)
     figure = next(f for f in bench.measured_figures("gpu box", first, [again], None) if f.metric == "extra-python")
     assert figure.value == pytest.approx(0.08) and "the same interpreter again" in figure.how
+
+
+def test_the_upstream_time_leaves_out_wheelfarms_relabel(tmp_path: Path) -> None:
+    """Upstream's method ends with pip's wheel; relabelling it (METADATA, torch pin) is wheelfarm's own work."""
+    first = bench.Measured("wheelfarm", _result(tmp_path, 60.0), None)
+    up_result = _result(tmp_path, 75.0)
+    up_result.phases = {"prepare": 1.0, "pip wheel": 59.0, "relabel": 15.0}
+    figure = bench.measured_figures("box", first, [], bench.Measured("upstream", up_result, None))[0]
+    assert figure.metric == "cold-vs-upstream" and figure.value == pytest.approx(60 / 60)

@@ -441,12 +441,15 @@ def measured_figures(machine: str, first: Measured, extras: Sequence[Measured], 
                      ) -> list[Figure]:
     figures = []
     if upstream is not None:
-        how = f"{first.result.seconds:.1f} s / {upstream.result.seconds:.1f} s ({first.result.cell.wheel})"
+        # the upstream method ends with pip's wheel: wheelfarm's relabel (METADATA, torch pin) is not its work
+        up_s = upstream.result.seconds - upstream.result.phases.get("relabel", 0.0)
+        how = (f"{first.result.seconds:.1f} s / {up_s:.1f} s ({first.result.cell.wheel}; the upstream time without "
+               "wheelfarm's relabel)")
         if first.cpu_s and upstream.cpu_s:
             how += f"; CPU {first.cpu_s:.0f} / {upstream.cpu_s:.0f} s"
         if first.ninja and upstream.ninja:
             how += f"; ninja spans {first.ninja.span_s:.1f} / {upstream.ninja.span_s:.1f} s"
-        figures.append(Figure("cold-vs-upstream", first.result.seconds / upstream.result.seconds, machine, how))
+        figures.append(Figure("cold-vs-upstream", first.result.seconds / up_s, machine, how))
     py_objects = python_dependent_objects(first.result.log, first.ninja) if first.ninja else []
     for extra in extras:
         how = (f"Python {extra.result.cell.python} {extra.result.seconds:.1f} s / Python {first.result.cell.python} "
