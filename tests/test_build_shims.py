@@ -178,9 +178,13 @@ def test_durations_seed_fallback_and_averaging(tmp_path: Path, monkeypatch: pyte
     from wheelfarm.matrix import Cell
 
     monkeypatch.setenv("WHEELFARM_CACHE", str(tmp_path / "cache"))
+    seeds = REPO / "src/wheelfarm/data/durations"
     lite = Cell("flash-attn", "2.8.3.post2", "2.11", "13.0", "3.12", True, ("90",), "sm90lite", patches="p/lite")
+    assert json.loads(build.durations_file(lite).read_text()) == json.loads(
+        (seeds / "flash-attn-2.8.3.post2-sm90-sm90lite.json").read_text())  # a seed of its own
+    lite = Cell("flash-attn", "2.8.3.post2", "2.11", "13.0", "3.12", True, ("90",), "sm90new", patches="p/new")
     path = build.durations_file(lite)
-    assert path.name == "flash-attn-2.8.3.post2-sm90-sm90lite.json"
+    assert path.name == "flash-attn-2.8.3.post2-sm90-sm90new.json"
     seeded = json.loads(path.read_text())
     assert len(seeded) == 73 and seeded == json.loads(
         (REPO / "src/wheelfarm/data/durations/flash-attn-2.8.3.post2-sm90.json").read_text())

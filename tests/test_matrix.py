@@ -126,8 +126,6 @@ BROKEN = [
      'name = "again"', ["duplicate cell", "flash_attn-2.8.3.post2+cu12torch2.4cxx11abiTRUE-cp311"]),
     ("unknown top-level table", lambda t: t.replace("[variants.sm90]", "[variant.sm90]"), "[variant.sm90]",
      ["unknown key 'variant'", "did you mean 'variants'"]),
-    ("variant patch folder missing", lambda t: t.replace('archs = ["90"]', 'archs = ["90"]\npatches = "p/x"', 1),
-     'patches = "p/x"', ["variants.sm90.patches", "no *.patch files", "p/x"]),
     ("variant patch folder outside the repo",
      lambda t: t.replace('archs = ["90"]', 'archs = ["90"]\npatches = "../p"', 1), 'patches = "../p"',
      ["variants.sm90.patches", "inside the repository"]),
@@ -207,3 +205,20 @@ def test_a_patched_variant_layers_its_patches_and_keys_its_costs_apart() -> None
     assert build.cache_salt(config, lite, "2.11.0") != build.cache_salt(config, plain, "2.11.0")
     with pytest.raises(BadInput, match="did you mean 'sm90lite'"):
         with_variant(config, plain, "sm90lit")
+
+
+def test_a_variant_patch_folder_without_patches_stops_its_build(tmp_path: Path) -> None:
+    """Checked when a cell of the variant is built (a matrix copied without that folder still loads): exit 2 with
+    the toml line of the key."""
+    text = MINIMAL.replace('archs = ["90"]', 'archs = ["90"]\npatches = "p/x"', 1)
+    (tmp_path / "build_matrix.toml").write_text(text)
+    config = load(tmp_path / "build_matrix.toml")
+    cell = with_variant(config, expand(config)[0], "sm90")
+    with pytest.raises(BadInput) as info:
+        build.patch_dirs(config, cell)
+    line = text[:text.index('patches = "p/x"')].count("\n") + 1
+    assert info.value.exit_code == 2 and f"build_matrix.toml:{line}:" in str(info.value)
+    assert "variants.sm90.patches" in str(info.value) and "no *.patch files" in str(info.value)
+    (tmp_path / "p" / "x").mkdir(parents=True)
+    (tmp_path / "p" / "x" / "0001.patch").write_text("")
+    assert build.patch_dirs(config, cell)[-1] == tmp_path / "p" / "x"

@@ -101,9 +101,17 @@ def knob_env(config: Config, cell: Cell) -> dict[str, str]:
 
 
 def patch_dirs(config: Config, cell: Cell) -> list[Path]:
-    """The cell's patch folders in the order they apply: the package version's, then its variant's."""
-    return [config.root / REPO_ROOT_PATCHES / cell.package / cell.version,
-            *([config.root / cell.patches] if cell.patches else [])]
+    """The cell's patch folders in the order they apply: the package version's, then its variant's (which must
+    hold patches: checked when a cell of the variant is built, so a matrix copied without them still loads)."""
+    dirs = [config.root / REPO_ROOT_PATCHES / cell.package / cell.version]
+    if cell.patches:
+        folder = config.root / cell.patches
+        if not source.list_patches(folder):
+            raise config.error(("variants", cell.variant, "patches"), f"variants.{cell.variant}.patches = "
+                               f"{cell.patches!r}: no *.patch files in {folder}",
+                               hint="create the folder with the variant's patches, or remove the key")
+        dirs.append(folder)
+    return dirs
 
 
 def cache_salt(config: Config, cell: Cell, torch_version: str) -> str:

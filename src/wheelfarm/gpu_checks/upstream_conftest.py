@@ -21,8 +21,14 @@ import inspect
 import json
 import os
 import re
+import signal
 
 import pytest
+
+# The time budget stops pytest with SIGINT, so that it writes its junit xml. A runner that started us with SIGINT
+# ignored (a background job of a non-interactive shell, nohup) would turn that into a wait for the SIGKILL.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _TOKEN = re.compile(r"\(|\)|(?:\w|:|\+|-|\.|\[|\]|\\|/)+")  # pytest's -k identifier characters
 _PROGRESS = None
