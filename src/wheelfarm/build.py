@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.progress import (
@@ -141,7 +141,7 @@ def durations_file(cell: Cell) -> Path:
     variant without its own seed starts from the plain build's durations: the same objects, for the order)."""
     path = cache_dir() / "durations" / f"{cell.cost_key}.json"
     seeds = Path(__file__).with_name("data") / "durations"
-    plain = f"{cell.package}-{cell.version}-sm{'_'.join(cell.archs)}.json"
+    plain = f"{replace(cell, patches='').cost_key}.json"
     seed = next((s for s in (seeds / path.name, seeds / plain) if s.exists()), seeds / path.name)
     if not path.exists() and seed.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

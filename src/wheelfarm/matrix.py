@@ -103,7 +103,7 @@ def _block_cells(config: Config, block: Block) -> Iterable[tuple[Cell, tuple[str
                                hint=_close(version, package.versions))
         archs = block.archs or (variant.archs if variant and variant.archs else package.versions[version].archs)
         cell = Cell(block.package, version, _torch_minor(torch), cuda, python, abi, tuple(archs), block.variant,
-                    block.platform, variant.patches or "" if variant else "")
+                    block.platform, (variant.patches or "") if variant else "")
         if _excluded(cell, block):
             continue
         yield cell, key
