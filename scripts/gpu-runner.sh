@@ -18,6 +18,29 @@ cd "$(dirname "$0")/.."
 WF=${WF:-/root/wf}
 SELECT=${SELECT:-"package=flash-attn torch=2.11 python=3.12 variant=sm90"}
 
+ROOT=${ROOT:-/var/tmp/wf-root}  # the unpacked build root (outside the tree: a later call cannot replace it)
+ROOT_PARTS=${ROOT_PARTS:-/var/tmp/wf-root-parts}
+CONTAINER_SELECT=${CONTAINER_SELECT:-"package=flash-attn torch=2.11 python=3.12 variant=sm90lite"}
+
+machine_facts() {
+  date -u; nproc; free -g | head -2; nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv
+  python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda, torch._C._GLIBCXX_USE_CXX11_ABI)'
+  /usr/local/cuda/bin/nvcc --version | tail -2; ldd --version | head -1; g++ --version | head -1
+}
+
+smoke() {  # $1 = python: import the installed flash-attn and compare a forward pass with torch's SDPA
+  "$1" - <<'PY'
+import flash_attn, torch
+from flash_attn import flash_attn_func
+q, k, v = (torch.randn(2, 512, 8, 128, device="cuda", dtype=torch.float16) for _ in range(3))
+out = flash_attn_func(q, k, v, causal=True)
+ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                       is_causal=True).transpose(1, 2)
+print("flash_attn", flash_attn.__version__, "from", flash_attn.__file__)
+print("forward max abs diff vs torch SDPA (fp16):", (out - ref).abs().max().item())
+PY
+}
+
 bootstrap() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH
@@ -132,5 +155,64 @@ PY
     done
     ls -la "$out" "$out/run"
     ;;
-  *) echo "usage: $0 start|wait|status|finish|collect|bench|bench-gpu-test|bench-collect" >&2; exit 2 ;;
+  root-part)
+    # the old-glibc build root travels in <= 60 MiB parts (scripts/build-buildroot.sh), one call each: keep this
+    # call's part(s) outside the tree, where the next call's carry cannot replace them
+    mkdir -p "$ROOT_PARTS"; cp .device/root-*/*.part* .device/root-*/*.sha256 "$ROOT_PARTS/"; ls -la "$ROOT_PARTS"
+    ;;
+  container-start)
+    # join + check + unpack the build root, then `wheelfarm build --backend container` with the chroot engine: the
+    # same in-container steps as cibuildwheel under podman, the runner's torch and CUDA mounted in
+    bootstrap
+    bash "$0" root-part
+    if [ ! -x "$ROOT/bin/sh" ]; then
+      (cd "$ROOT_PARTS" && cat ./*.part* > root.tar.xz && sha256sum -c --quiet ./*.sha256 && \
+        mkdir -p "$ROOT" && xz -dc root.tar.xz | tar -x -C "$ROOT" && rm root.tar.xz)
+    fi
+    mkdir -p "$WF/container/sdists"; cp -n .wheelfarm/cache/sdists/*.tar.gz "$WF/container/sdists/" 2>/dev/null || true
+    PY=$(python3 -c 'import sys; print(sys.executable)')
+    machine_facts > "$WF/machine.txt"; cat "$WF/machine.txt"
+    echo "build root: $(cat "$ROOT/etc/wheelfarm/image.env" | grep DESCRIPTION); $(chroot "$ROOT" ldd --version | head -1)" \
+      >> "$WF/machine.txt"
+    setsid bash -c "while sleep 5; do echo \"\$(date +%s) \$(free -m | awk '/Mem/{print \$3}') \$(pgrep -c 'cicc|ptxas|cc1plus')\"; done > $WF/mem.log" < /dev/null > /dev/null 2>&1 &
+    # shellcheck disable=SC2086
+    setsid bash -c "cd $PWD && export PYTHONPATH=$PYTHONPATH PATH=$PATH WHEELFARM_ENGINE=chroot WHEELFARM_IMAGE=$ROOT && \
+      date +%s > $WF/build.start && python3 -m wheelfarm build --backend container --select $CONTAINER_SELECT \
+      --python $PY --cuda-home /usr/local/cuda --work-dir $WF --wheelhouse $WF/wheelhouse --json $WF/build.json \
+      ${BUILD_ARGS:-} > $WF/build.out 2>&1; echo \$? > $WF/build.rc; date +%s > $WF/build.end" < /dev/null > /dev/null 2>&1 &
+    sleep 30; tail -5 "$WF/build.out"
+    WAIT_S=${WAIT_S:-480} bash "$0" wait
+    ;;
+  container-finish)
+    # publish the audited wheel → plain pip install from its variant index into a fresh venv layered over the
+    # runner's torch (a .pth: torch must stay untouched) → forward pass → gpu-test of that installed copy: the 55
+    # reference checks and build_matrix.toml's upstream subset
+    bootstrap
+    W=$(ls "$WF"/wheelhouse/*.whl | head -1)
+    python3 -m wheelfarm publish "$W" --to "$WF/mirror" > "$WF/publish.out" 2>&1; tail -5 "$WF/publish.out"
+    LABEL=$(basename "$W" | sed -E 's/^[^-]+-[^+]+\+([^-]+)-.*/\1/'); VERSION=$(basename "$W" | cut -d- -f2)
+    PURELIB=$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    rm -rf "$WF/consumer"; python3 -m venv "$WF/consumer"
+    echo "$PURELIB" > "$("$WF/consumer/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/runner-torch.pth"
+    "$WF/consumer/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|flash)' > "$WF/torch-before.txt" || true
+    "$WF/consumer/bin/python" -m pip install --no-cache-dir --index-url "file://$WF/mirror/$LABEL/simple" \
+      --find-links "$PWD/.whl" "flash-attn==$VERSION" pytest > "$WF/install.out" 2>&1; tail -3 "$WF/install.out"
+    "$WF/consumer/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|flash)' > "$WF/torch-after.txt" || true
+    smoke "$WF/consumer/bin/python" > "$WF/smoke.out" 2>&1; cat "$WF/smoke.out"
+    python3 -m wheelfarm gpu-test "$W" --require-gpu --installed --python "$WF/consumer/bin/python" \
+      --upstream-tests .wheelfarm/cache/sdists/flash_attn-2.8.3.post2.tar.gz --output "$WF/installed.gpu.json" \
+      > "$WF/gputest.log" 2>&1; echo "gpu-test rc=$?" >> "$WF/gputest.log"; tail -15 "$WF/gputest.log"
+    ;;
+  container-collect)
+    out=${OUT:?}; mkdir -p "$out/run"
+    cp "$WF"/{machine.txt,build.out,build.json,mem.log,build.start,build.end,build.rc,publish.out,install.out,smoke.out} \
+      "$WF"/{torch-before.txt,torch-after.txt,gputest.log,installed.gpu.json} "$out/run/" 2>/dev/null || true
+    cp "$WF"/wheelhouse/*.audit.json "$out/run/" 2>/dev/null || true
+    find "$WF/container/groups" -name .ninja_log -exec cp {} "$out/run/ninja_log" \; 2>/dev/null || true
+    for f in "$WF"/container/groups/*/logs/cibuildwheel.log; do [ -e "$f" ] && tail -c 300000 "$f" > "$out/run/steps.log.tail"; done
+    cp "$WF"/container/groups/*/steps.sh "$out/run/" 2>/dev/null || true
+    (cd "$WF/wheelhouse" && sha256sum ./*.whl > "$out/run/wheel.sha256") || true
+    tar czf "$out/run.tar.gz" -C "$out" run && rm -rf "$out/run"; ls -la "$out"
+    ;;
+  *) echo "usage: $0 start|wait|status|finish|collect|bench|bench-gpu-test|bench-collect|root-part|container-start|container-finish|container-collect" >&2; exit 2 ;;
 esac

@@ -69,6 +69,7 @@ class ImageFacts:
     cuda_home: str | None = None  # the image's own CUDA (production images set CUDA_HOME)
     cuda: str | None = None  # its version, "13.0"
     ssl_cert_file: str | None = None  # the image's CA bundle (the test image trusts the host's)
+    utility_python: str = "/opt/python/cp39-cp39/bin/python"  # runs wheelfarm's shims (cibuildwheel's own helper)
 
 
 PROBE = r"""
@@ -79,6 +80,7 @@ for p in /opt/python/*/bin/python; do [ -x "$p" ] && echo "python=$(basename "$(
 echo "cuda_home=${CUDA_HOME:-}"
 [ -n "${CUDA_HOME:-}" ] && echo "cuda=$("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')"
 echo "ssl_cert_file=${SSL_CERT_FILE:-}"
+for p in /opt/python/cp39-cp39/bin/python /opt/python/*/bin/python; do [ -x "$p" ] && echo "utility=$p" && break; done
 true
 """
 
@@ -99,6 +101,7 @@ def parse_facts(ref: str, text: str) -> ImageFacts:
         gcc=int(gcc.group()) if gcc else None,
         clangs=tuple(sorted(int(c) for c in values.get("clang", []) if c.isdigit())),
         cuda_home=one.get("cuda_home"), cuda=one.get("cuda"), ssl_cert_file=one.get("ssl_cert_file"),
+        utility_python=values["utility"][0] if "utility" in values else UTILITY_PYTHON,
     )
 
 
@@ -174,6 +177,10 @@ class GroupPlan:
     cache_salt: str
     dirs: HostDirs
     pip: PipSources = field(default_factory=PipSources)
+    extra_mounts: tuple[Mount, ...] = ()  # a runner's own torch and CUDA (``--python``/``--cuda-home``)
+
+    def mounts(self) -> list[Mount]:
+        return [*self.dirs.mounts(self.pip), *self.extra_mounts]
 
     @property
     def cuda_home(self) -> str:
@@ -255,7 +262,8 @@ def environment(plan: GroupPlan) -> dict[str, str]:
         env |= {"WHEELFARM_REAL_NINJA": "$(which ninja)", "WHEELFARM_DURATIONS": str(DURATIONS)}
     env["PATH"] = (f"{SHIMS}:" if lpt else "") + "$CUDA_HOME/bin:$PATH"
     env |= dict(plan.compiler) | plan.jobs.env() | dict(plan.knobs)
-    env |= {"PYTORCH_NVCC": f"{UTILITY_PYTHON} {LIB / 'nvcc_cache.py'}", "WHEELFARM_REAL_NVCC": "$CUDA_HOME/bin/nvcc",
+    env |= {"PYTORCH_NVCC": f"{plan.image.utility_python} {LIB / 'nvcc_cache.py'}",
+            "WHEELFARM_REAL_NVCC": "$CUDA_HOME/bin/nvcc",
             "WHEELFARM_COMPILE_CACHE": str(COMPILE_CACHE), "WHEELFARM_CACHE_SALT": plan.cache_salt,
             "WHEELFARM_CACHE_STATS": str(CACHE_STATS)}
     env |= {"PIP_CACHE_DIR": str(PIP_CACHE)} if plan.dirs.pip_cache else {}
@@ -340,7 +348,7 @@ def create_args(plan: GroupPlan) -> list[str]:
         args += [f"--runtime={plan.engine.runtime}"] if plan.engine.runtime else []
         args += [f"--ulimit={u}" for u in PODMAN_ULIMITS]  # --ulimit replaces the default list: give both
     args += ["--pull=never", f"--memory={plan.memory_mb}m", f"--memory-swap={plan.memory_mb}m"]
-    return args + [m.arg() for m in plan.dirs.mounts(plan.pip)]
+    return args + [m.arg() for m in plan.mounts()]
 
 
 def cibuildwheel_table(plan: GroupPlan) -> dict[str, object]:
@@ -377,9 +385,9 @@ def to_toml(table: Mapping[str, object], section: str = "tool.cibuildwheel") -> 
     return f"[{section}]\n" + "".join(f"{key} = {value(v)}\n" for key, v in table.items())
 
 
-def ninja_shim() -> str:
+def ninja_shim(python: str = UTILITY_PYTHON) -> str:
     """``ninja`` on PATH that starts the longest objects first (ninja_order.py), then the real ninja."""
-    return f'#!/bin/sh\nexec {UTILITY_PYTHON} {LIB / "ninja_order.py"} "$@"\n'
+    return f'#!/bin/sh\nexec {python} {LIB / "ninja_order.py"} "$@"\n'
 
 
 # ------------------------------------------------------------------------------------------ read back

@@ -1,4 +1,9 @@
-"""One small class over podman | docker: run a command in an image; check, save and load images.
+"""One small class over podman | docker | chroot: run a command in an image; check, save and load images.
+
+``chroot`` is for machines without a container engine (a GPU runner with only unshare and chroot): the
+"image" is a root folder (scripts/build-buildroot.sh makes one), entered by ``resources/chroot-run.sh`` in
+fresh mount and PID namespaces. It has no memory cap and no image store; cibuildwheel cannot drive it, so
+``steps.py`` runs the same in-container steps for it.
 
 Engine quirks are commented where they are handled (``Engine.run_args``). Command lines are built by pure
 methods (unit-tested without an engine) and executed through ``wheelfarm.proc``. Environment values travel as
@@ -10,6 +15,7 @@ a container); it is a pure function of the files under ``root``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -20,8 +26,9 @@ from typing import Literal
 from . import proc
 from .errors import BadInput, BuildFailed
 
-EngineName = Literal["podman", "docker"]
-ENGINES: tuple[EngineName, ...] = ("podman", "docker")
+EngineName = Literal["podman", "docker", "chroot"]
+ENGINES: tuple[EngineName, ...] = ("podman", "docker")  # auto-detected; chroot only when asked for
+CHROOT_RUN = Path(__file__).with_name("resources") / "chroot-run.sh"
 NO_ENGINE = "no container engine found (podman or docker)"
 NO_ENGINE_HINT = "install one with scripts/setup-podman.sh or use --backend host"
 # podman's OCI runtime and rlimits: crun fails on some hosts' cgroups (DESIGN.md "Containers here"), and
@@ -39,11 +46,13 @@ class Mount:
     read_only: bool = False
 
     def arg(self) -> str:
+        return f"--volume={self.spec()}"
+
+    def spec(self) -> str:
+        """``source:target[:ro]`` (podman's --volume value, chroot-run.sh's -m value)."""
         if ":" in str(self.source) or ":" in self.target:
-            raise BadInput(
-                f"mount path contains ':': {self.source} -> {self.target}", hint="rename the folder"
-            )
-        return f"--volume={self.source}:{self.target}" + (":ro" if self.read_only else "")
+            raise BadInput(f"mount path contains ':': {self.source} -> {self.target}", hint="rename the folder")
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,9 @@ class Engine:
         cpus: float | None = None,
         name: str | None = None,
     ) -> list[str]:
-        """The full ``<engine> run …`` command line (pure)."""
+        """The full ``<engine> run …`` command line (pure). chroot: no memory/cpu cap (no cgroup of its own)."""
+        if self.name == "chroot":
+            return self._chroot_args(image, cmd, mounts=mounts, env=env, workdir=workdir)
         args = [
             self.executable,
             "run",
@@ -82,6 +93,14 @@ class Engine:
         args += [f"--memory={memory}", f"--memory-swap={memory}"] if memory else []
         args += [f"--cpus={cpus:g}"] if cpus else []
         return [*args, image, *cmd]
+
+    def _chroot_args(self, image: str, cmd: Sequence[str], *, mounts: Sequence[Mount],
+                     env: Mapping[str, str] | None, workdir: str | None) -> list[str]:
+        args = [self.executable, str(CHROOT_RUN), image]
+        args += [a for m in mounts for a in ("-m", m.spec())]
+        args += [a for key in sorted(env or {}) for a in ("-e", key)]  # value from our environment: not echoed
+        args += ["-w", workdir] if workdir else []
+        return [*args, "--", *cmd]
 
     def _quirk_args(self) -> list[str]:
         if self.name != "podman":
@@ -109,6 +128,8 @@ class Engine:
         return proc.run(args, env=dict(env or {}), capture=capture, check=check)
 
     def image_exists(self, image: str) -> bool:
+        if self.name == "chroot":
+            return (Path(image) / "bin" / "sh").exists()
         args = [self.executable, "image", "inspect", "--format={{.Id}}", image]
         return proc.run(args, capture=True, check=False, quiet=True).returncode == 0
 
@@ -139,9 +160,11 @@ class Engine:
 
 
 def detect_engine(preferred: str | None = None) -> Engine:
-    """``preferred`` podman | docker | None/"auto" (podman, then docker with a reachable daemon)."""
+    """``preferred`` podman | docker | chroot | None/"auto" (podman, then docker with a reachable daemon)."""
+    if preferred == "chroot":
+        return _chroot_engine()
     if preferred not in (None, "auto", *ENGINES):
-        raise BadInput(f"unknown container engine {preferred!r}", hint="choose podman, docker or auto")
+        raise BadInput(f"unknown container engine {preferred!r}", hint="choose podman, docker, chroot or auto")
     candidates: tuple[str, ...] = ENGINES if preferred in (None, "auto") or preferred is None else (preferred,)
     for name in candidates:
         engine = _usable(name)
@@ -151,6 +174,14 @@ def detect_engine(preferred: str | None = None) -> Engine:
         NO_ENGINE if preferred in (None, "auto") else f"{NO_ENGINE}: {preferred} is not usable",
         hint=NO_ENGINE_HINT,
     )
+
+
+def _chroot_engine() -> Engine:
+    missing = [tool for tool in ("unshare", "chroot", "mount") if shutil.which(tool) is None]
+    if missing or os.geteuid() != 0:
+        why = f"{', '.join(missing)} not found" if missing else "it needs root (mount namespaces, chroot)"
+        raise BadInput(f"the chroot engine is not usable here: {why}", hint=NO_ENGINE_HINT)
+    return Engine("chroot", shutil.which("bash") or "/bin/bash")
 
 
 def _usable(name: str) -> Engine | None:

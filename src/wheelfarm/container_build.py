@@ -7,6 +7,12 @@ CUDA and torch into mounted caches, its build shares .cu objects across Pythons 
 step runs auditwheel in the image. Back on the host each wheel gets its upstream name and METADATA
 (``wheelmeta.relabel``) and is audited against the image's glibc.
 
+A GPU runner's own torch and CUDA can be mounted in instead of installed (``--python``: its interpreter's
+site-packages becomes the group's torch folder, read-only; ``--cuda-home``: the toolkit at the same path):
+wheels built against exactly the runner's torch, e.g. 2.11.0+cu130 from PyTorch's index, offline. The
+``chroot`` engine (``$WHEELFARM_ENGINE=chroot``, ``$WHEELFARM_IMAGE=<root folder>``) runs the same steps
+without cibuildwheel (``steps.py``) for runners with no container engine.
+
 Images, in this order: ``$WHEELFARM_IMAGE``; the production image ``wheelfarm/manylinux_2_28_<arch>-cuda<X.Y>``
 (docs/containers.md); the offline test image, when present or cached (scripts/build-test-image.sh).
 """
@@ -14,7 +20,9 @@ Images, in this order: ``$WHEELFARM_IMAGE``; the production image ``wheelfarm/ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import importlib.util
 import itertools
 import json
 import os
@@ -24,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build, cibw, jobs, log, proc
+from . import build, cibw, jobs, log, proc, steps, toolchain
 from .audit import Declared, audit_wheel
 from .build import (
     BuildPaths,
@@ -40,7 +48,7 @@ from .build import (
 )
 from .compat import torch_cuda_build
 from .config import Config
-from .container import Engine, detect_engine
+from .container import Engine, Mount, detect_engine
 from .errors import BadInput, BuildFailed
 from .matrix import Cell
 from .paths import cache_dir
@@ -95,12 +103,14 @@ def unavailable_reason(config: Config, cells: list[Cell]) -> str | None:
     """Why ``--backend auto`` cannot build ``cells`` in a container (None: it can)."""
     try:
         engine = detect_engine(os.environ.get("WHEELFARM_ENGINE"))
+        if engine.name != "chroot" and importlib.util.find_spec("cibuildwheel") is None:
+            return "cibuildwheel is not installed (pip install cibuildwheel==4.3.5)"
         for cuda in sorted({c.cuda for c in cells}):
             image = find_image(engine, config, next(c for c in cells if c.cuda == cuda))
             if image is None:
                 return f"no build image for CUDA {cuda} (docs/containers.md)"
             cibw.check_cuda(probe(engine, image), config.cuda[cuda])
-    except BadInput as exc:
+    except (BadInput, BuildFailed) as exc:
         return exc.message
     return None
 
@@ -134,6 +144,62 @@ def resolve_torch(config: Config, cell: Cell, glibc: str) -> tuple[str, str | No
             raise BuildFailed(f"no torch {cell.torch}.* wheel for {cell.python_tag} on {platforms[0]}: "
                               f"{out.stderr.strip()[-500:]}")
         return str(json.loads(report.read_text())["install"][0]["metadata"]["version"]), index
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerTools:
+    """A runner's own torch (``--python``) and CUDA toolkit (``--cuda-home``), mounted into the build root."""
+
+    python: Path | None = None
+    purelib: Path | None = None  # the interpreter's site-packages (torch and what it needs)
+    torch_version: str | None = None  # exact, with its local label: "2.11.0+cu130"
+    cuda_home: Path | None = None  # resolved: mounted at the same path
+    cuda: str | None = None  # its nvcc's "13.0"
+
+    @property
+    def torch_lib(self) -> Path | None:
+        return self.purelib / "torch" / "lib" if self.purelib else None
+
+
+def runner_tools(cell: Cell, python: Path | None, cuda_home: Path | None) -> RunnerTools:
+    """Check a runner's torch and CUDA against the cell (the same refusals as the host backend)."""
+    if python is None and cuda_home is None:
+        return RunnerTools()
+    tools = RunnerTools()
+    if cuda_home is not None:
+        home = cuda_home.resolve()
+        tools = dataclasses.replace(tools, cuda_home=home, cuda=toolchain.nvcc_version(home))
+        if tools.cuda != cell.cuda:
+            raise BadInput(f"--cuda-home {cuda_home} is CUDA {tools.cuda}, the cell needs CUDA {cell.cuda}")
+    if python is not None:
+        facts = toolchain.probe_torch(python)
+        version, torch_cuda = str(facts["torch"]), str(facts["cuda"] or "")
+        out = proc.run([str(python), "-c", "import sys, sysconfig; print('%d.%d' % sys.version_info[:2]); "
+                        "print(sysconfig.get_path('purelib'))"], capture=True, quiet=True)
+        py_version, purelib = out.stdout.split()[-2:]
+        if py_version != cell.python:
+            raise BadInput(f"--python {python} is Python {py_version}, the cell needs {cell.python}",
+                           hint="add --select python=" + py_version)
+        if ".".join(version.split("+")[0].split(".")[:2]) != cell.torch:
+            raise BadInput(f"{python} has torch {version}, the cell needs torch {cell.torch}")
+        if not torch_cuda or torch_cuda.split(".")[0] != cell.cuda.split(".")[0]:
+            raise BadInput(f"torch {version} in {python} is built for CUDA {torch_cuda}, "
+                           f"the cell needs CUDA {cell.cuda}")
+        if bool(facts["cxx11abi"]) != cell.cxx11abi:
+            raise BadInput(f"ABI mismatch: torch in {python} has _GLIBCXX_USE_CXX11_ABI="
+                           f"{int(bool(facts['cxx11abi']))}, the cell asks for cxx11abi{cell.abi_flag}")
+        tools = dataclasses.replace(tools, python=python, purelib=Path(purelib), torch_version=version)
+    return tools
+
+
+def runner_mounts(tools: RunnerTools, cell: Cell) -> tuple[Mount, ...]:
+    mounts = []
+    if tools.purelib and tools.torch_version:
+        target = cibw.TORCH / cibw.torch_dir(cell.python_tag, tools.torch_version) / "site-packages"
+        mounts.append(Mount(tools.purelib, str(target), read_only=True))
+    if tools.cuda_home:
+        mounts.append(Mount(tools.cuda_home, str(tools.cuda_home), read_only=True))
+    return tuple(mounts)
 
 
 def pip_sources() -> cibw.PipSources:
@@ -171,19 +237,25 @@ def job_plan(config: Config, cell: Cell, memory_mb: int, max_jobs: int | None) -
                      nvcc_threads=config.packages[cell.package].nvcc_threads, max_jobs=max_jobs)
 
 
-def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts) -> cibw.HostDirs:
+def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts, tools: RunnerTools) -> cibw.HostDirs:
     base = cache_dir() / "container" / f"glibc-{facts.glibc}"  # CUDA/torch wheels chosen for this glibc
     group = paths.group_dir(cell)
     durations = durations_file(cell)
+    torch = base / "torch"
+    if tools.torch_version:  # the runner's torch is mounted over <torch>/torch-<ver>/<tag>/site-packages: ready
+        torch = group / "runner-torch"
+        ready = torch / cibw.torch_dir(cell.python_tag, tools.torch_version)
+        (ready / "site-packages").mkdir(parents=True, exist_ok=True)
+        (ready / ".ready").touch()
     dirs = cibw.HostDirs(lib=Path(__file__).resolve().parent, compile_cache=paths.work_dir / "compile-cache",
-                         cuda=base / "cuda", torch=base / "torch", logs=group / "logs" / "container",
+                         cuda=base / "cuda", torch=torch, logs=group / "logs" / "container",
                          pip_cache=pip_cache_dir(), shims=group / "bin" if durations.exists() else None,
                          durations=durations if durations.exists() else None)
     for folder in (dirs.compile_cache, dirs.cuda, dirs.torch, dirs.logs, dirs.pip_cache, dirs.shims):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     if dirs.shims is not None:
-        (dirs.shims / "ninja").write_text(cibw.ninja_shim())
+        (dirs.shims / "ninja").write_text(cibw.ninja_shim(facts.utility_python))
         (dirs.shims / "ninja").chmod(0o755)
     return dirs
 
@@ -192,42 +264,52 @@ def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts) -> cibw.Hos
 
 
 def plan_group(config: Config, cells: list[Cell], engine: Engine, image: str, paths: BuildPaths,
-               max_jobs: int | None) -> cibw.GroupPlan:
+               max_jobs: int | None, tools: RunnerTools | None = None) -> cibw.GroupPlan:
     first = cells[0]
+    tools = tools or RunnerTools()
     facts = probe(engine, image)
+    if tools.cuda_home:  # the runner's toolkit, mounted at its own path, is the image's CUDA for this build
+        facts = dataclasses.replace(facts, cuda_home=str(tools.cuda_home), cuda=tools.cuda)
     missing = cibw.missing_pythons(cells, facts)
     if missing:
         raise BadInput(f"image {image} has no /opt/python for Python {', '.join(missing)} "
                        f"(it has {', '.join(facts.pythons)})", hint="build an image with them (docs/containers.md)")
+    if tools.torch_version and len(cells) > 1:
+        raise BadInput("--python mounts one interpreter's torch: select one Python per group",
+                       hint=f"add --select python={first.python}")
     cuda = config.cuda[first.cuda]
     cibw.check_cuda(facts, cuda)
-    torch_version, index = resolve_torch(config, first, facts.glibc)
+    torch_version, index = (tools.torch_version, None) if tools.torch_version else \
+        resolve_torch(config, first, facts.glibc)
     memory_mb = container_memory_mb()
     return cibw.GroupPlan(
         cells=tuple(cells), image=facts, engine=engine, torch_version=torch_version, torch_index=index, cuda=cuda,
         compiler=cibw.choose_compiler(facts, config.torch[first.torch].cxx_std, cuda),
         jobs=job_plan(config, first, memory_mb, max_jobs), memory_mb=memory_mb, knobs=knob_env(config, first),
-        cache_salt=cache_salt(config, first, torch_version, image), dirs=host_dirs(paths, first, facts),
-        pip=pip_sources())
+        cache_salt=cache_salt(config, first, torch_version, image), dirs=host_dirs(paths, first, facts, tools),
+        pip=pip_sources(), extra_mounts=runner_mounts(tools, first))
 
 
 def _collect(plan: cibw.GroupPlan, cell: Cell, out: Path, paths: BuildPaths, logfile: Path, rc: int,
-             costs: dict[str, cibw.PythonCost], audit: bool) -> ContainerBuildResult:
+             costs: dict[str, cibw.PythonCost], audit: bool, torch_lib_of: Path | None = None
+             ) -> ContainerBuildResult:
     cost = costs.get(cibw.identifier(cell), cibw.PythonCost())
     result = ContainerBuildResult(cell, False, logfile, cost.build_s or 0.0, plan.jobs, image=plan.image.ref,
                                   glibc=plan.image.glibc, cost=cost, cache_hits=cost.cache_hits,
                                   cache_stores=cost.cache_stores)
     built = [w for w in out.glob("*.whl") if f"-{cell.python_tag}-{cell.python_tag}-" in w.name]
     if rc != 0 or len(built) != 1:
+        runner = "wheelfarm's steps (chroot)" if plan.engine.name == "chroot" else "cibuildwheel"
         why = "killed, most likely out of memory: retry with a smaller --max-jobs" if looks_oom(rc, logfile) \
-            else f"cibuildwheel exit code {rc}, wheels {[w.name for w in built]}"
+            else f"{runner} exit code {rc}, wheels {[w.name for w in built]}"
         result.error = f"container build failed: {why}; log: {logfile}\n{log_tail(logfile)}"
         return result
     paths.wheelhouse.mkdir(parents=True, exist_ok=True)
     final = relabel(built[0], paths.wheelhouse / cell.wheel, pins={"torch": f"=={cell.torch}.*"})
     result.ok, result.wheel, result.sha256, result.size = True, final, sha256_file(final), final.stat().st_size
     if audit:
-        torch_lib = plan.dirs.torch / cibw.torch_dir(cell.python_tag, plan.torch_version) / "site-packages/torch/lib"
+        torch_lib = torch_lib_of or \
+            plan.dirs.torch / cibw.torch_dir(cell.python_tag, plan.torch_version) / "site-packages/torch/lib"
         declared = Declared(archs=cell.archs, torch=cell.torch, max_glibc=plan.image.glibc)
         report = audit_wheel(final, declared=declared, torch_lib_dir=torch_lib)
         if not report.passed:
@@ -264,9 +346,21 @@ def read_costs(plan: cibw.GroupPlan) -> dict[str, cibw.PythonCost]:
     return cibw.parse_costs(text[0], text[1], ninja)
 
 
+def _steps_command(plan: cibw.GroupPlan, group: Path, tree: Path, out: Path) -> list[str]:
+    """The chroot engine's command line: ``steps.script`` run in the root with the plan's mounts, the source
+    tree at /project and the output folder at /output (cibuildwheel copies /project in; a mount also resumes)."""
+    script = group / "steps.sh"
+    script.write_text(steps.script(plan))
+    out.mkdir(parents=True, exist_ok=True)
+    mounts = [*plan.mounts(), Mount(tree, steps.PROJECT), Mount(out, steps.OUTPUT),
+              Mount(script, "/wf/steps.sh", read_only=True)]
+    return plan.engine.run_args(plan.image.ref, steps.command(), mounts=mounts)
+
+
 def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, paths: BuildPaths,
                 args: argparse.Namespace) -> list[ContainerBuildResult]:
-    plan = plan_group(config, cells, engine, image, paths, args.max_jobs)
+    tools = runner_tools(cells[0], args.python, args.cuda_home)
+    plan = plan_group(config, cells, engine, image, paths, args.max_jobs, tools)
     log.info(f"job plan: {plan.jobs.describe()}; compiler {plan.compiler['CXX']}; torch {plan.torch_version}")
     tree = prepare_tree(config, cells[0], paths)
     group = paths.group_dir(cells[0])
@@ -280,25 +374,26 @@ def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, p
     logfile.write_text(f"# wheelfarm: cibuildwheel --config-file {toml}\n")
     cmd = [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--config-file", str(toml),
            "--output-dir", str(out), "."]
+    if engine.name == "chroot":
+        cmd = _steps_command(plan, group, tree, out)
     log.info(f"$ {' '.join(cmd)} (in {tree}; log: {logfile})")
     rc, _, _, _ = run_build(cmd, {}, tree, logfile, cells[0].group)
     costs = read_costs(plan)
     (group / "costs.json").write_text(json.dumps({k: v.to_json() for k, v in costs.items()}, indent=1))
-    results = [_collect(plan, c, out, paths, logfile, rc, costs, not args.no_audit) for c in cells]
+    results = [_collect(plan, c, out, paths, logfile, rc, costs, not args.no_audit, tools.torch_lib) for c in cells]
     _report(results)
     return results
 
 
 def build_in_container(config: Config, cells: list[Cell], args: argparse.Namespace) -> list[BuildResult]:
     """Build ``cells`` group by group, each group by one cibuildwheel run in one container."""
-    if args.python or args.cuda_home:
-        raise BadInput("--python and --cuda-home reuse host tools: they apply to --backend host only")
-    try:
-        import cibuildwheel  # noqa: F401
-    except ImportError:
-        raise BadInput("--backend container needs cibuildwheel",
-                       hint="pip install cibuildwheel==4.3.5 (it needs Python 3.11+)") from None
     engine = detect_engine(os.environ.get("WHEELFARM_ENGINE"))
+    if engine.name != "chroot":
+        try:
+            import cibuildwheel  # noqa: F401
+        except ImportError:
+            raise BadInput("--backend container needs cibuildwheel",
+                           hint="pip install cibuildwheel==4.3.5 (it needs Python 3.11+)") from None
     work = (args.work_dir or config.root / config.farm.work_dir).resolve()
     # Own trees and caches: a host build's build/ folder must never be copied into the container.
     paths = BuildPaths(work_dir=work / "container",
@@ -313,6 +408,7 @@ def build_in_container(config: Config, cells: list[Cell], args: argparse.Namespa
             raise BadInput(f"no build image for {cell.group} ({cell.platform}, CUDA {cell.cuda})",
                            hint="build one (docs/containers.md), set WHEELFARM_IMAGE, or use --backend host")
         names = ", ".join(c.python for c in members)
-        with log.step(f"{members[0].group}: Python {names} by cibuildwheel in {image}"):
+        runner = "wheelfarm's steps (chroot)" if engine.name == "chroot" else "cibuildwheel"
+        with log.step(f"{members[0].group}: Python {names} by {runner} in {image}"):
             results += build_group(config, members, engine, image, paths, args)
     return results

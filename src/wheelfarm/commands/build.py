@@ -22,13 +22,16 @@ HELP = "Build the selected cells (default: [farm].default-select) into the wheel
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_matrix_options(parser)
-    parser.add_argument("--backend", choices=["auto", "host", "container"], default="host",
-                        help="where to compile (container: see `wheelfarm build --backend container`)")
+    parser.add_argument("--backend", choices=["auto", "host", "container"], default="auto",
+                        help="where to compile: auto (default) = the manylinux-style container when an engine and "
+                             "a build image are there, else the host, saying why; docs/containers.md")
     parser.add_argument("--wheelhouse", type=Path, help="output folder (default: [farm].wheelhouse)")
     parser.add_argument("--work-dir", type=Path, help="source trees, build dirs, logs (default: [farm].work-dir)")
     parser.add_argument("--python", type=Path,
-                        help="reuse this interpreter and its torch instead of a managed venv (e.g. a GPU runner's)")
-    parser.add_argument("--cuda-home", type=Path, help="reuse this CUDA toolkit instead of the PyPI-assembled one")
+                        help="reuse this interpreter's torch instead of a managed one (e.g. a GPU runner's); "
+                             "in a container its site-packages is mounted read-only")
+    parser.add_argument("--cuda-home", type=Path, help="reuse this CUDA toolkit instead of the PyPI-assembled one "
+                                                       "(in a container: mounted at the same path)")
     parser.add_argument("--max-jobs", type=int, help="upper bound for MAX_JOBS (the planner may choose fewer)")
     parser.add_argument("--no-audit", action="store_true", help="skip the audit of each built wheel")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
@@ -95,7 +98,11 @@ def execute(args: argparse.Namespace) -> int:
         reason = unavailable_reason(config, cells)
         backend = "host" if reason else "container"
         if reason:
-            log.warn(f"--backend auto: {reason}; building on the host, so the wheel's glibc floor is this host's")
+            log.warn(f"--backend auto: building on the HOST, not in a container: {reason}. The wheel's glibc floor "
+                     "will be this host's. For the manylinux-style container: bash scripts/setup-podman.sh && "
+                     "scripts/build-test-image.sh (or a production image, docs/containers.md)")
+        else:
+            log.info("--backend auto: building in the container (engine and build image found)")
     if backend == "container":
         from ..container_build import build_in_container
 
