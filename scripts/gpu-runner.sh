@@ -158,7 +158,7 @@ PY
   root-part)
     # the old-glibc build root travels in <= 60 MiB parts (scripts/build-buildroot.sh), one call each: keep this
     # call's part(s) outside the tree, where the next call's carry cannot replace them
-    mkdir -p "$ROOT_PARTS"; cp .device/root-*/*.part* .device/root-*/*.sha256 "$ROOT_PARTS/"; ls -la "$ROOT_PARTS"
+    mkdir -p "$ROOT_PARTS"; for f in .device/root-*/*; do cp -f "$f" "$ROOT_PARTS/"; done; ls -la "$ROOT_PARTS"
     ;;
   container-start)
     # join + check + unpack the build root, then `wheelfarm build --backend container` with the chroot engine: the
@@ -171,9 +171,9 @@ PY
     fi
     mkdir -p "$WF/container/sdists"; cp -n .wheelfarm/cache/sdists/*.tar.gz "$WF/container/sdists/" 2>/dev/null || true
     PY=$(python3 -c 'import sys; print(sys.executable)')
-    machine_facts > "$WF/machine.txt"; cat "$WF/machine.txt"
-    echo "build root: $(cat "$ROOT/etc/wheelfarm/image.env" | grep DESCRIPTION); $(chroot "$ROOT" ldd --version | head -1)" \
-      >> "$WF/machine.txt"
+    mkdir -p "$WF"; machine_facts > "$WF/machine.txt" 2>&1 || true
+    { grep DESCRIPTION "$ROOT/etc/wheelfarm/image.env"; chroot "$ROOT" ldd --version | head -1; } >> "$WF/machine.txt" 2>&1 || true
+    cat "$WF/machine.txt"
     setsid bash -c "while sleep 5; do echo \"\$(date +%s) \$(free -m | awk '/Mem/{print \$3}') \$(pgrep -c 'cicc|ptxas|cc1plus')\"; done > $WF/mem.log" < /dev/null > /dev/null 2>&1 &
     # shellcheck disable=SC2086
     setsid bash -c "cd $PWD && export PYTHONPATH=$PYTHONPATH PATH=$PATH WHEELFARM_ENGINE=chroot WHEELFARM_IMAGE=$ROOT && \
@@ -195,10 +195,11 @@ PY
     rm -rf "$WF/consumer"; python3 -m venv "$WF/consumer"
     echo "$PURELIB" > "$("$WF/consumer/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/runner-torch.pth"
     "$WF/consumer/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|flash)' > "$WF/torch-before.txt" || true
-    "$WF/consumer/bin/python" -m pip install --no-cache-dir --index-url "file://$WF/mirror/$LABEL/simple" \
+    # the consumer sees none of the bootstrap's PYTHONPATH: einops and pytest must come from what pip is pointed at
+    env -u PYTHONPATH "$WF/consumer/bin/python" -m pip install --no-cache-dir --index-url "file://$WF/mirror/$LABEL/simple" \
       --find-links "$PWD/.whl" "flash-attn==$VERSION" pytest > "$WF/install.out" 2>&1; tail -3 "$WF/install.out"
     "$WF/consumer/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|flash)' > "$WF/torch-after.txt" || true
-    smoke "$WF/consumer/bin/python" > "$WF/smoke.out" 2>&1; cat "$WF/smoke.out"
+    PYTHONPATH='' smoke "$WF/consumer/bin/python" > "$WF/smoke.out" 2>&1; cat "$WF/smoke.out"
     python3 -m wheelfarm gpu-test "$W" --require-gpu --installed --python "$WF/consumer/bin/python" \
       --upstream-tests .wheelfarm/cache/sdists/flash_attn-2.8.3.post2.tar.gz --output "$WF/installed.gpu.json" \
       > "$WF/gputest.log" 2>&1; echo "gpu-test rc=$?" >> "$WF/gputest.log"; tail -15 "$WF/gputest.log"
