@@ -15,7 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI") == "true"
 FIXTURE_SELECT = ["package=fixture-attn", "torch=2.14", "cuda=13.0", "cxx11abi=TRUE"]
 
 
@@ -37,6 +40,35 @@ def run_wheelfarm(*args: str, env: dict[str, str] | None = None, check: bool = F
     """The CLI as users run it: a real subprocess, from the repository root."""
     return subprocess.run([sys.executable, "-m", "wheelfarm", *args], cwd=ROOT, text=True, capture_output=True,
                           env={**os.environ, **(env or {})}, check=check, timeout=timeout)
+
+
+def need(ok: object, reason: str) -> None:
+    """A prerequisite: skip without it, except under CI=true, where .ci/run installs it, so its absence is a
+    failure of the CI script (a skip would hide that the test never ran). GPU tests don't use this."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and a prerequisite .ci/run provides is missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def torch_python() -> Path:
+    """An interpreter with a CUDA torch: $WHEELFARM_TORCH_PYTHON, this one if it has torch, else the fixture cell's
+    managed build env (the venv the fixture build uses; made here if missing, ~2 minutes, cached)."""
+    import importlib.util
+
+    if os.environ.get("WHEELFARM_TORCH_PYTHON"):
+        return Path(os.environ["WHEELFARM_TORCH_PYTHON"])
+    if importlib.util.find_spec("torch"):
+        return Path(sys.executable)
+    need(_nvcc_toolchain_available(), "torch 2.14's CUDA wheels need linux x86_64")
+    from wheelfarm import toolchain
+    from wheelfarm.config import load
+    from wheelfarm.matrix import expand, select
+
+    config = load(ROOT / "build_matrix.toml")
+    (cell,) = select(expand(config), [*FIXTURE_SELECT, "python=3.11"])
+    return toolchain.ensure_build_env(config, cell)
 
 
 def _nvcc_toolchain_available() -> bool:

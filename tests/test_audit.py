@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import auditwheel_helpers as h
+from farmtest import need
 from wheelfarm import audit, cuda_archs, repair
 from wheelfarm.audit import Check, Declared, abi_of, audit_wheel, glibc_floor, needed_from_torch
 from wheelfarm.cli import main
@@ -235,8 +236,7 @@ def test_repair_never_vendors_torch_or_cuda() -> None:
 
 @pytest.fixture(scope="session")
 def toolchain() -> None:
-    if reason := h.toolchain_missing():
-        pytest.skip(reason)
+    need(not (reason := h.toolchain_missing()), str(reason))
 
 
 @pytest.fixture(scope="session")
@@ -445,8 +445,7 @@ def test_cli_exit_codes(good_wheel: Path, torch_lib: Path, capsys: pytest.Captur
 
 @pytest.fixture(scope="session")
 def patchelf() -> None:
-    if shutil.which("patchelf") is None:
-        pytest.skip("patchelf not installed")
+    need(shutil.which("patchelf"), "patchelf not installed (a wheelfarm dependency)")
 
 
 @pytest.mark.parametrize("keep_name", [True, False])
@@ -472,12 +471,9 @@ def test_repair_keeps_torch_and_cuda_external(
     assert json.loads(audit.audit_json_path(repaired).read_text())["passed"] is True
 
 
-def test_the_build_fixture_wheel_passes(request: pytest.FixtureRequest, torch_lib: Path) -> None:
+def test_the_build_fixture_wheel_passes(fixture_wheel: Path, torch_lib: Path) -> None:
     """The real fixture wheel of tests/conftest.py (torch 2.14.1, CUDA 13.0, cp311, ABI TRUE, archs 80;90)."""
-    try:
-        wheel = Path(request.getfixturevalue("fixture_wheel"))
-    except pytest.FixtureLookupError:
-        pytest.skip("no fixture_wheel fixture (tests/conftest.py) yet")
+    wheel = Path(fixture_wheel)
     report = audit_wheel(
         wheel, declared=Declared(archs=("80", "90")), torch_lib_dir=torch_lib, write_json=False
     )

@@ -185,8 +185,6 @@ def test_pick_group_takes_one_group_its_pythons_in_order() -> None:
 
 
 def test_plan_over_a_complete_mirror_finds_nothing_missing(tmp_path: Path) -> None:
-    if not bench.plan_available():
-        pytest.skip("`wheelfarm plan` is not in this tree yet")
     config = load(ROOT / "build_matrix.toml")
     figure = bench.time_plan(config, tmp_path)
     assert figure.value is not None, figure.how

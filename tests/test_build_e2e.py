@@ -135,7 +135,8 @@ def test_toolchain_mismatches_are_refused(fixture_cell, changes: dict, words: li
 
 
 def test_build_refuses_an_interpreter_without_torch(tmp_path: Path) -> None:
-    proc = run_wheelfarm("build", "--select", "package=fixture-attn", "python=3.11", "--python", sys.executable,
+    proc = run_wheelfarm("build", "--backend", "host", "--select", "package=fixture-attn", "python=3.11",
+                         "--python", sys.executable,
                          "--cuda-home", str(tmp_path), "--work-dir", str(tmp_path / "w"),
                          "--wheelhouse", str(tmp_path / "wh"))
     assert proc.returncode == 2, proc.stderr
@@ -145,7 +146,8 @@ def test_build_refuses_an_interpreter_without_torch(tmp_path: Path) -> None:
 
 def test_build_refuses_a_cuda_home_without_nvcc(fixture_build: FixtureBuild, tmp_path: Path) -> None:
     torch_python = Path(toolchain.cache_dir(), "venvs", "cp311-torch2.14-cu130", "bin", "python")
-    proc = run_wheelfarm("build", "--select", "package=fixture-attn", "python=3.11", "--python", str(torch_python),
+    proc = run_wheelfarm("build", "--backend", "host", "--select", "package=fixture-attn", "python=3.11",
+                         "--python", str(torch_python),
                          "--cuda-home", str(tmp_path), "--work-dir", str(tmp_path / "w"),
                          "--wheelhouse", str(tmp_path / "wh"))
     assert proc.returncode == 2, proc.stderr

@@ -30,6 +30,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from farmtest import need
 from ghrelease_server import GitHubStandIn
 from test_store_s3 import FAST, make_bucket, moto_endpoint  # noqa: F401 (fixture)
 from wheelfarm.publish import Options, publish
@@ -40,7 +41,11 @@ from wheelgen import make_wheel, write_result
 UV = shutil.which("uv")
 CU13, CU12 = "cu13torch2.14cxx11abiTRUE", "cu12torch2.8cxx11abiTRUE"
 WANT = f"0.1.0+{CU13}"
-pytestmark = pytest.mark.skipif(UV is None, reason="uv is not installed (pip install uv)")
+
+
+@pytest.fixture(autouse=True)
+def _uv() -> None:
+    need(UV is not None, "uv is not installed (pip install uv; .ci/run installs it)")
 
 
 def installer_env() -> dict[str, str]:

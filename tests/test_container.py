@@ -21,6 +21,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
+from farmtest import need
 from wheelfarm import container
 from wheelfarm.container import Engine, Mount, detect_engine, memory_limit_bytes
 from wheelfarm.errors import BadInput
@@ -216,8 +217,7 @@ def test_no_cgroup_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    if shutil.which("podman") is None:
-        pytest.skip("podman not installed (scripts/setup-podman.sh)")
+    need(shutil.which("podman"), "podman not installed (scripts/setup-podman.sh)")
     ref = os.environ.get("WHEELFARM_TEST_IMAGE")
     if ref:
         return ref
@@ -225,10 +225,8 @@ def image() -> str:
     cold = os.environ.get("WHEELFARM_BUILD_TEST_IMAGE") == "1"
     env = {**os.environ, "WHEELFARM_NO_COLD_BUILD": "0" if cold else "1"}
     out = subprocess.run([REPO / "scripts/build-test-image.sh"], capture_output=True, text=True, env=env)
-    if out.returncode == 3:
-        pytest.skip(
-            "no offline test image: run scripts/build-test-image.sh (or WHEELFARM_BUILD_TEST_IMAGE=1)"
-        )
+    need(out.returncode != 3,
+         "no offline test image: run scripts/build-test-image.sh (or WHEELFARM_BUILD_TEST_IMAGE=1)")
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 

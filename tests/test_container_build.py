@@ -10,6 +10,7 @@ the host-built fixture wheel's. It prints the times and the extra-Python ratio.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -22,12 +23,12 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from farmtest import FIXTURE_SELECT, FixtureBuild, run_wheelfarm
-from wheelfarm import cibw, container_build, jobs, toolchain
+from farmtest import FIXTURE_SELECT, FixtureBuild, need, run_wheelfarm
+from wheelfarm import cibw, container_build, jobs, steps, toolchain
 from wheelfarm.audit import EXPECTED_EXTERNALS
 from wheelfarm.build import knob_env
 from wheelfarm.config import load
-from wheelfarm.container import Engine
+from wheelfarm.container import CHROOT_RUN, Engine
 from wheelfarm.errors import BadInput
 from wheelfarm.matrix import expand, select
 
@@ -235,7 +236,7 @@ def test_toml_round_trips(tmp_path):
 
 
 def test_cibuildwheel_accepts_the_generated_configuration(tmp_path):
-    pytest.importorskip("cibuildwheel")
+    need(importlib.util.find_spec("cibuildwheel"), "cibuildwheel is not installed (a wheelfarm dependency)")
     config = tmp_path / "cibuildwheel.toml"
     config.write_text(cibw.to_toml(_plan().table()))
     out = subprocess.run([sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--config-file", str(config),
@@ -281,9 +282,25 @@ def test_auto_backend_says_why_without_an_engine(monkeypatch):
     assert "no container engine" in container_build.unavailable_reason(CONFIG, CELLS)
 
 
-def test_host_only_flags_are_refused(tmp_path):
-    proc = run_wheelfarm("build", "--backend", "container", "--select", *FIXTURE_SELECT, "--cuda-home", "/usr")
-    assert proc.returncode == 2 and "--backend host only" in proc.stderr
+def _chroot_env(tmp_path: Path) -> dict[str, str]:
+    """The chroot engine pointed at a folder that passes for a root (bin/sh): enough for refusals that come
+    before anything runs in it."""
+    (tmp_path / "root" / "bin").mkdir(parents=True)
+    (tmp_path / "root" / "bin" / "sh").symlink_to("/bin/sh")
+    return {"WHEELFARM_ENGINE": "chroot", "WHEELFARM_IMAGE": str(tmp_path / "root")}
+
+
+def test_runner_tools_are_checked_before_the_container_starts(tmp_path):
+    """--python/--cuda-home mount a runner's torch and CUDA into the container: the same refusals as on the host
+    (exit 2, nothing written), before any engine runs."""
+    common = ["build", "--backend", "container", "--select", *FIXTURE_SELECT, "python=3.11",
+              "--work-dir", str(tmp_path / "w"), "--wheelhouse", str(tmp_path / "wh")]
+    env = _chroot_env(tmp_path)
+    no_nvcc = run_wheelfarm(*common, "--cuda-home", str(tmp_path), env=env)
+    assert no_nvcc.returncode == 2 and f"no nvcc at {tmp_path}/bin/nvcc" in " ".join(no_nvcc.stderr.split())
+    no_torch = run_wheelfarm(*common, "--python", sys.executable, env=env)
+    assert no_torch.returncode == 2 and "cannot import torch" in no_torch.stderr
+    assert not (tmp_path / "wh").exists()
 
 
 # ------------------------------------------------------------------------------------------ real (podman)
@@ -292,14 +309,12 @@ def test_host_only_flags_are_refused(tmp_path):
 @pytest.fixture(scope="module")
 def test_image() -> str:
     """The offline test image: present, loaded from its cache, or built cold (printed: CI's cold path)."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman not installed (scripts/setup-podman.sh)")
+    need(shutil.which("podman"), "podman not installed (scripts/setup-podman.sh)")
     if os.environ.get("WHEELFARM_TEST_IMAGE"):
         return os.environ["WHEELFARM_TEST_IMAGE"]
     start = time.monotonic()
     out = subprocess.run([ROOT / "scripts/build-test-image.sh"], capture_output=True, text=True)
-    if out.returncode == 3:
-        pytest.skip("no offline test image and WHEELFARM_NO_COLD_BUILD=1")
+    need(out.returncode != 3, "no offline test image and WHEELFARM_NO_COLD_BUILD=1")
     assert out.returncode == 0, out.stderr[-3000:]
     print(f"\ntest image: {time.monotonic() - start:.0f}s ({out.stderr.strip().splitlines()[-1]})")
     return out.stdout.strip().splitlines()[-1]
@@ -429,3 +444,112 @@ def test_folder_entries_of_a_repaired_wheel_are_dropped(tmp_path):
     with zipfile.ZipFile(final) as zf:
         assert "pkg/" not in zf.namelist() and zf.read("pkg/__init__.py") == b"x = 1\n"
         assert "pkg/," not in zf.read("pkg-1.0+x.dist-info/RECORD").decode()
+
+
+# ------------------------------------------------------------------------------------------ the chroot engine
+
+
+CHROOT = Engine("chroot", "/bin/bash")
+
+
+def test_chroot_engine_command_line_passes_mounts_and_env_names_only():
+    args = CHROOT.run_args("/r", ["bash", "/wf/steps.sh"], mounts=[cibw.Mount(Path("/h/src"), "/project"),
+                           cibw.Mount(Path("/h/lib"), "/wf/lib", read_only=True)], env={"SECRET": "s3cr3t"},
+                           workdir="/project", memory="8g")
+    assert args == ["/bin/bash", str(CHROOT_RUN), "/r", "-m", "/h/src:/project",
+                    "-m", "/h/lib:/wf/lib:ro", "-e", "SECRET", "-w", "/project", "--", "bash", "/wf/steps.sh"]
+    assert "s3cr3t" not in " ".join(args)
+
+
+def test_steps_script_runs_cibuildwheels_hooks_in_its_order():
+    """The chroot engine's script is made from the same table cibuildwheel gets: before-all once, then per Python
+    its PATH and identifier, the environment in order, before-build, the build, the repair with its placeholders."""
+    plan = _plan(engine=CHROOT)
+    table, script = plan.table(), steps.script(plan)
+    lines = script.splitlines()
+    assert lines[2] == "set -eo pipefail"
+    assert script.count(" && ".join(table["before-all"])) == 1
+    assert script.count(" && ".join(table["before-build"])) == 2
+    first, second = (script.index(f"CIBUILDWHEEL_BUILD_IDENTIFIER={cibw.identifier(c)}") for c in CELLS)
+    assert first < script.index(" && ".join(table["before-all"])) < second
+    assert "export PATH=/opt/python/cp312-cp312/bin:$PATH" in script[second:]
+    exports = [ln for ln in lines[:lines.index("(", 3) + 30] if ln.startswith("export ") and "=" in ln][2:]
+    assert [ln.split("=", 1)[0].removeprefix("export ") for ln in exports] == list(table["environment"])
+    assert script.count("python -m build --wheel --no-isolation --skip-dependency-check --outdir") == 2
+    repair = " && ".join(table["repair-wheel-command"])
+    assert script.count(repair.replace("{wheel}", '"$wheel"').replace("{dest_dir}", "/output")
+                        .replace("{package}", "/project")) == 2
+    assert "{wheel}" not in script and "{dest_dir}" not in script
+
+
+def test_runner_torch_is_mounted_over_a_ready_torch_folder(tmp_path):
+    """--python: the runner's site-packages appears where before-build looks for the group's torch, already
+    marked ready (so nothing is installed), in a folder of the group's own (never the shared torch cache)."""
+    cell = CELLS[0]
+    tools = container_build.RunnerTools(python=Path("/r/bin/python"), purelib=Path("/r/site"),
+                                        torch_version="2.14.1+cu130", cuda_home=Path("/cuda-13.0"), cuda="13.0")
+    mounts = container_build.runner_mounts(tools, cell)
+    assert [m.spec() for m in mounts] == ["/r/site:/wf/torch/torch-2.14.1+cu130/cp311/site-packages:ro",
+                                          "/cuda-13.0:/cuda-13.0:ro"]
+    paths = container_build.BuildPaths(tmp_path / "w", tmp_path / "wh")
+    facts = cibw.parse_facts("img", BULLSEYE_PROBE)
+    dirs = container_build.host_dirs(paths, cell, facts, tools)
+    assert dirs.torch == paths.group_dir(cell) / "runner-torch"
+    assert (dirs.torch / "torch-2.14.1+cu130" / "cp311" / ".ready").exists()
+    assert tools.torch_lib == Path("/r/site/torch/lib")
+
+
+def test_image_without_cp39_uses_its_own_python_for_the_shims():
+    slim = cibw.parse_facts("root", "glibc=2.31\ngcc=10\npython=cp312-cp312\n"
+                                    "utility=/opt/python/cp312-cp312/bin/python\n")
+    plan = _plan(probe=BULLSEYE_PROBE)
+    assert plan.image.utility_python == cibw.UTILITY_PYTHON
+    assert slim.utility_python == "/opt/python/cp312-cp312/bin/python"
+    assert cibw.ninja_shim(slim.utility_python).startswith("#!/bin/sh\nexec /opt/python/cp312-cp312/bin/python ")
+
+
+@pytest.fixture(scope="module")
+def test_image_root(test_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline test image as a plain root folder (podman export), for the chroot engine."""
+    root = tmp_path_factory.mktemp("image-root") / "root"
+    root.mkdir()
+    ctr = subprocess.run(["podman", "create", test_image, "true"], capture_output=True, text=True, check=True)
+    name = ctr.stdout.strip()
+    try:
+        export = subprocess.Popen(["podman", "export", name], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(root)], stdin=export.stdout, check=True)
+        assert export.wait() == 0
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True, check=False)
+    # what the image's ENV says, as the chroot engine reads it (scripts/build-buildroot.sh writes the same file)
+    env = json.loads(subprocess.run(["podman", "image", "inspect", test_image, "--format", "{{json .Config.Env}}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    (root / "etc/wheelfarm").mkdir(parents=True, exist_ok=True)
+    (root / "etc/wheelfarm/image.env").write_text("\n".join(env) + "\n")
+    return root
+
+
+@pytest.mark.container
+@pytest.mark.slow
+def test_chroot_engine_builds_the_fixture_with_a_runners_torch_and_cuda(test_image_root: Path, tmp_path: Path):
+    """The GPU-machine path, here: the chroot engine runs the in-container steps in the test image's root, with
+    this host's torch venv and CUDA home mounted in (--python/--cuda-home), no cibuildwheel and no podman run.
+    The wheel passes the same audit as the podman-built one, with the image's glibc as its ceiling."""
+    cell = next(c for c in CELLS if c.python == "3.11")
+    python = toolchain.ensure_build_env(CONFIG, cell)
+    cuda_home = toolchain.ensure_cuda_home(CONFIG.cuda["13.0"])
+    report = tmp_path / "build.json"
+    proc = run_wheelfarm("build", "--select", *FIXTURE_SELECT, "python=3.11", "--python", str(python),
+                         "--cuda-home", str(cuda_home), "--work-dir", str(tmp_path / "w"),
+                         "--wheelhouse", str(tmp_path / "wh"), "--json", str(report),
+                         env={"WHEELFARM_ENGINE": "chroot", "WHEELFARM_IMAGE": str(test_image_root)}, timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "--backend auto: building in the container" in proc.stderr
+    assert "by wheelfarm's steps (chroot)" in proc.stderr
+    (result,) = json.loads(report.read_text())
+    assert result["ok"] and result["backend"] == "container" and result["image_glibc"] == "2.31"
+    assert Path(result["wheel"]).name == cell.wheel
+    audit = json.loads(Path(result["wheel"] + ".audit.json").read_text())
+    assert audit["passed"] and audit["archs"]["sass"] == ["sm_80", "sm_90"]
+    assert _version(audit["glibc"]["max_glibc"]) <= (2, 31)
+    assert result["cost"]["cache_stores"] == 5 and result["objects_total"] == 6

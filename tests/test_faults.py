@@ -41,7 +41,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from farmtest import _nvcc_toolchain_available, run_wheelfarm
+from farmtest import _nvcc_toolchain_available, need, run_wheelfarm
 from test_publish import cli_env, linked_files, race_wheels, run_publishers, state_of
 from test_source import Index, make_sdist
 from test_store_s3 import make_bucket, moto_endpoint, s3_env  # noqa: F401 (fixtures)
@@ -277,8 +277,8 @@ class FaultBuild:
     resumed: dict = field(default_factory=dict)
 
     def args(self, *extra: str) -> list[str]:
-        return ["build", *CELL, "--work-dir", str(self.work), "--wheelhouse", str(self.wheelhouse), "--no-audit",
-                "--cuda-home", str(self.cuda_home), *extra]
+        return ["build", "--backend", "host", *CELL, "--work-dir", str(self.work), "--wheelhouse",
+                str(self.wheelhouse), "--no-audit", "--cuda-home", str(self.cuda_home), *extra]
 
     def arm(self, mode: str) -> None:
         (self.cuda_home / "oom-armed").write_text(mode)
@@ -297,8 +297,7 @@ def _compiler_running(sid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def fault_build(tmp_path_factory: pytest.TempPathFactory) -> FaultBuild:
-    if not _nvcc_toolchain_available():
-        pytest.skip("the fixture build needs linux x86_64 (CUDA 13 wheels from PyPI)")
+    need(_nvcc_toolchain_available(), "the fixture build needs linux x86_64 (CUDA 13 wheels from PyPI)")
     base = tmp_path_factory.mktemp("fault-build")
     fb = FaultBuild(base / "work", base / "wheelhouse", oom_cuda_home(base / "cuda"))
 
@@ -393,13 +392,13 @@ def test_a_real_container_oom_kill_is_recognised(row, tmp_path: Path) -> None:
         engine = detect_engine("podman")
     except BadInput:
         r.done("skipped: no podman here")
-        pytest.skip("no podman")
+        need(False, "no podman (scripts/setup-podman.sh)")
     images = subprocess.run([engine.executable, "images", "--format", "{{.Repository}}:{{.Tag}}"],
                             capture_output=True, text=True, check=False).stdout.split()
     image = next((i for i in images if "wheelfarm-testimage" in i), None)
     if image is None:
         r.done("skipped: no offline test image (scripts/build-test-image.sh)")
-        pytest.skip("no offline test image")
+        need(False, "no offline test image (scripts/build-test-image.sh)")
     proc = engine.run(image, ["/opt/python/cp311-cp311/bin/python", "-c", "b = bytearray(512 * 2**20)"],
                       memory="64m", capture=True, check=False)
     (tmp_path / "log").write_text(proc.stdout + proc.stderr)
@@ -414,12 +413,12 @@ def tiny_tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     if sudo and subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root or passwordless sudo")
+        need(False, "mounting a tmpfs needs root or passwordless sudo")
     opts = f"size={size},uid={os.getuid()},gid={os.getgid()}"
     mount = subprocess.run([*sudo, "mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True,
                            text=True, check=False)
     if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+        need(False, f"cannot mount a tmpfs here: {mount.stderr.strip()}")
     try:
         yield path
     finally:
@@ -505,8 +504,8 @@ def test_corrupted_sdist_is_refused_and_deleted(row, tmp_path: Path) -> None:
     kernel.write_bytes(kernel.read_bytes().replace(b"a", b"b", 1))
     matrix = matrix_copy(tmp_path, fixture=corrupt)
     work = tmp_path / "work"
-    proc = run_wheelfarm("build", "--matrix", str(matrix), *CELL, "--work-dir", str(work), "--wheelhouse",
-                         str(tmp_path / "wh"), "--no-audit")
+    proc = run_wheelfarm("build", "--backend", "host", "--matrix", str(matrix), *CELL, "--work-dir", str(work),
+                         "--wheelhouse", str(tmp_path / "wh"), "--no-audit")
     out = squash(proc.stderr)
     assert proc.returncode == 2, out[-3000:]
     assert "sha256 mismatch for fixture_attn-0.1.0.tar.gz" in out
@@ -540,8 +539,8 @@ def test_patch_that_does_not_apply(row, tmp_path: Path) -> None:
         " # a context line that is not in setup.py\n-PACKAGE_NAME = 'nope'\n+PACKAGE_NAME = 'still nope'\n"
         " # another one\n")
     work = tmp_path / "work"
-    proc = run_wheelfarm("build", "--matrix", str(matrix), *CELL, "--work-dir", str(work), "--wheelhouse",
-                         str(tmp_path / "wh"), "--no-audit")
+    proc = run_wheelfarm("build", "--backend", "host", "--matrix", str(matrix), *CELL, "--work-dir", str(work),
+                         "--wheelhouse", str(tmp_path / "wh"), "--no-audit")
     out = squash(proc.stderr)
     assert proc.returncode == 2, out[-3000:]
     assert "0002-stale.patch does not apply" in out and "Hunk #1 FAILED" in out
@@ -556,7 +555,8 @@ def test_unknown_torch_version_in_the_matrix(row, tmp_path: Path) -> None:
         'name = "fixture-host"\npackage = "fixture-attn"\nversion = ["0.1.0"]\ntorch = ["2.14"]',
         'name = "fixture-host"\npackage = "fixture-attn"\nversion = ["0.1.0"]\ntorch = ["2.99"]'))
     assert "2.99" in matrix.read_text()
-    proc = run_wheelfarm("build", "--matrix", str(matrix), "--select", "package=fixture-attn", "--work-dir",
+    proc = run_wheelfarm("build", "--backend", "host", "--matrix", str(matrix), "--select", "package=fixture-attn",
+                         "--work-dir",
                          str(tmp_path / "work"), "--wheelhouse", str(tmp_path / "wh"))
     out = squash(proc.stderr)
     assert proc.returncode == 2, out[-3000:]

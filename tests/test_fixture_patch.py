@@ -13,14 +13,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
 from packaging.version import Version
 
+from farmtest import need, torch_python
 from wheelfarm import source
 
 pytestmark = pytest.mark.slow
@@ -30,8 +29,12 @@ FIXTURE = REPO / "tests" / "fixture" / "fixture-attn"
 PATCHES = REPO / "patches" / "fixture-attn" / "0.1.0"
 CXX20_ERROR = "C++20 or later compatible compiler is required"
 
-torch = pytest.importorskip("torch", reason="needs torch importable by this interpreter (e.g. torch==2.14.1)")
-from torch.utils import cpp_extension  # noqa: E402
+TORCH_FACTS = textwrap.dedent("""
+    import json, pathlib, torch
+    from torch.utils import cpp_extension
+    print("FACTS=" + json.dumps({"version": torch.__version__, "include": cpp_extension.include_paths(),
+                                  "site": str(pathlib.Path(torch.__file__).resolve().parent.parent)}))
+""")
 
 FLAGS_PROBE = textwrap.dedent("""
     import json, runpy, sys
@@ -45,17 +48,31 @@ FLAGS_PROBE = textwrap.dedent("""
 """)
 
 
-def aten_requires_cxx20() -> bool:
-    header = Path(cpp_extension.include_paths()[0]) / "ATen" / "ATen.h"
+@pytest.fixture(scope="module")
+def torch_py() -> Path:
+    return torch_python()
+
+
+@pytest.fixture(scope="module")
+def torch_facts(torch_py: Path) -> dict:
+    out = subprocess.run([str(torch_py), "-c", TORCH_FACTS], capture_output=True, text=True, timeout=300)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("FACTS=")), None)
+    assert line, f"{torch_py} cannot report its torch:\n{out.stderr[-2000:]}"
+    facts: dict = json.loads(line[len("FACTS="):])
+    return facts
+
+
+def aten_requires_cxx20(facts: dict) -> bool:
+    header = Path(facts["include"][0]) / "ATen" / "ATen.h"
     guard = re.search(r"__cplusplus\s*<\s*(\d+)L", header.read_text())
     return guard is not None and int(guard.group(1)) >= 202002
 
 
-def cuda_include() -> Path | None:
+def cuda_include(facts: dict) -> Path | None:
     """A folder with cuda_runtime_api.h: CUDA_HOME, /usr/local/cuda, or torch's nvidia-* wheels."""
     candidates = [Path(os.environ["CUDA_HOME"]) / "include"] if os.environ.get("CUDA_HOME") else []
     candidates.append(Path("/usr/local/cuda/include"))
-    site = Path(torch.__file__).resolve().parent.parent
+    site = Path(facts["site"])
     candidates += sorted(site.glob("nvidia/cu*/include")) + sorted(site.glob("nvidia/cuda_runtime/include"))
     return next((c for c in candidates if (c / "cuda_runtime_api.h").is_file()), None)
 
@@ -63,17 +80,17 @@ def cuda_include() -> Path | None:
 @pytest.fixture(scope="module")
 def compiler() -> str:
     cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        pytest.skip(f"no C++ compiler ({cxx})")
+    need(shutil.which(cxx), f"no C++ compiler ({cxx})")
     return cxx
 
 
 @pytest.fixture(scope="module")
-def includes() -> list[str]:
-    cuda = cuda_include()
-    if cuda is None:
-        pytest.skip("no cuda_runtime_api.h (set CUDA_HOME)")
-    dirs = [*cpp_extension.include_paths(), str(cuda), sysconfig.get_paths()["include"]]
+def includes(torch_facts: dict, torch_py: Path) -> list[str]:
+    cuda = cuda_include(torch_facts)
+    need(cuda, "no cuda_runtime_api.h (set CUDA_HOME)")
+    python_include = subprocess.run([str(torch_py), "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+    dirs = [*torch_facts["include"], str(cuda), python_include]
     return [f"-I{d}" for d in dirs]
 
 
@@ -86,7 +103,7 @@ def fixture_copy(tmp_path: Path, *, patched: bool) -> Path:
     return tree
 
 
-def setup_flags(tree: Path, tmp_path: Path) -> dict[str, list[str]]:
+def setup_flags(tree: Path, tmp_path: Path, torch_py: Path) -> dict[str, list[str]]:
     """extra_compile_args of the fixture's CUDAExtension, as its setup.py computes them here."""
     fake_cuda = tmp_path / "fake-cuda"
     (fake_cuda / "bin").mkdir(parents=True, exist_ok=True)
@@ -95,7 +112,7 @@ def setup_flags(tree: Path, tmp_path: Path) -> dict[str, list[str]]:
     nvcc.chmod(0o755)
     env = {**os.environ, "CUDA_HOME": str(fake_cuda), "FIXTURE_ATTN_CUDA_ARCHS": "90"}
     env.pop("FIXTURE_ATTN_SKIP_CUDA_BUILD", None)
-    result = subprocess.run([sys.executable, "-c", FLAGS_PROBE], cwd=tree, env=env, capture_output=True,
+    result = subprocess.run([str(torch_py), "-c", FLAGS_PROBE], cwd=tree, env=env, capture_output=True,
                             text=True, timeout=300)
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("FLAGS=")), None)
     assert line, f"setup.py probe failed:\n{result.stdout}\n{result.stderr}"
@@ -111,22 +128,23 @@ def compile_binding(compiler: str, includes: list[str], tree: Path, cxx_flags: l
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
-def test_unpatched_fixture_fails_with_the_cxx20_error(tmp_path: Path, compiler: str,
-                                                       includes: list[str]) -> None:
-    if not aten_requires_cxx20():
-        pytest.skip(f"torch {torch.__version__} headers still accept C++17 (the #error arrives in 2.14)")
+def test_unpatched_fixture_fails_with_the_cxx20_error(tmp_path: Path, compiler: str, includes: list[str],
+                                                       torch_facts: dict, torch_py: Path) -> None:
+    if not aten_requires_cxx20(torch_facts):  # not a missing prerequisite: a property of the torch at hand
+        pytest.skip(f"torch {torch_facts['version']} headers still accept C++17 (the #error arrives in 2.14)")
     tree = fixture_copy(tmp_path, patched=False)
-    flags = setup_flags(tree, tmp_path)
+    flags = setup_flags(tree, tmp_path, torch_py)
     assert "-std=c++17" in flags["cxx"] and "-std=c++17" in flags["nvcc"]
     result = compile_binding(compiler, includes, tree, flags["cxx"], "-Wfatal-errors")  # stop at the #error
     assert result.returncode != 0
     assert CXX20_ERROR in result.stderr, result.stderr[-2000:]
 
 
-def test_patched_fixture_compiles(tmp_path: Path, compiler: str, includes: list[str]) -> None:
+def test_patched_fixture_compiles(tmp_path: Path, compiler: str, includes: list[str], torch_facts: dict,
+                                  torch_py: Path) -> None:
     tree = fixture_copy(tmp_path, patched=True)
-    flags = setup_flags(tree, tmp_path)
-    cxx20 = Version(torch.__version__).release >= (2, 13) or aten_requires_cxx20()
+    flags = setup_flags(tree, tmp_path, torch_py)
+    cxx20 = Version(torch_facts["version"]).release >= (2, 13) or aten_requires_cxx20(torch_facts)
     want = "-std=c++20" if cxx20 else "-std=c++17"
     assert want in flags["cxx"] and want in flags["nvcc"]
     result = compile_binding(compiler, includes, tree, flags["cxx"])

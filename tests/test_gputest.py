@@ -1,7 +1,7 @@
 """GPU test decisions and plumbing, without a GPU: refusals, env plan, junit counting, result file, CLI.
 
 The end-to-end test at the bottom runs the real check script against a CPU stand-in of flash-attn; it needs a
-Python with torch (``WHEELFARM_TORCH_PYTHON``, or this one if it has torch) and is skipped otherwise.
+Python with torch (``farmtest.torch_python``: ``WHEELFARM_TORCH_PYTHON``, this one, or the fixture's managed venv).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from farmtest import torch_python
 from wheelfarm import cli, gputest
 from wheelfarm.errors import BadInput
 from wheelfarm.gpu_checks import upstream_conftest
@@ -752,13 +752,6 @@ def test_conftest_selects_what_pytest_selects(tmp_path, expr):
 # ----------------------------------------------------------------------------------- end to end, CPU stand-in
 
 
-def _torch_python() -> str | None:
-    explicit = os.environ.get("WHEELFARM_TORCH_PYTHON")
-    if explicit:
-        return explicit
-    return sys.executable if importlib.util.find_spec("torch") else None
-
-
 FAKE_FLASH_ATTN = '''
 """CPU stand-in for flash-attn 2 (independent math: fp32 SDPA-style with tril masks)."""
 import torch
@@ -849,9 +842,7 @@ FAKE_UPSTREAM_TESTS = textwrap.dedent("""
 def test_end_to_end_on_a_cpu_stand_in(tmp_path, monkeypatch, capsys):
     """`wheelfarm gpu-test` for real (venv, pip, checks, upstream subset, result) with a fake GPU and a CPU
     stand-in wheel: the plumbing the GPU run depends on, minus the GPU."""
-    python = _torch_python()
-    if python is None:
-        pytest.skip("needs a Python with torch: set WHEELFARM_TORCH_PYTHON")
+    python = str(torch_python())
     info = gputest.probe_python(python)
     assert info is not None and info.torch_minor, info
     abi = "TRUE" if info.cxx11abi else "FALSE"
@@ -906,9 +897,7 @@ def test_end_to_end_on_a_cpu_stand_in(tmp_path, monkeypatch, capsys):
 
 
 def test_check_cases_are_small_and_named_uniquely():
-    python = _torch_python()
-    if python is None:
-        pytest.skip("needs a Python with torch: set WHEELFARM_TORCH_PYTHON")
+    python = str(torch_python())
     script = gputest.gpu_checks.script("flash_attn")
     done = subprocess.run([python, str(script), "--list"], capture_output=True, text=True, check=True)
     names = done.stdout.split()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from farmtest import need
 from wheelfarm import source
 from wheelfarm.errors import BadInput
 
@@ -381,7 +382,7 @@ def test_fixture_patch_applies_through_prepare_source(tmp_path: Path) -> None:
 
 
 def flash_attn_sdist(tmp_path: Path) -> Path:
-    """The pinned flash-attn sdist: from the repo's cache, else downloaded from PyPI, else skip."""
+    """The pinned flash-attn sdist: from the repo's cache, else downloaded from PyPI, else skip (fail in CI)."""
     for cache in (REPO / ".wheelfarm" / "cache" / "sdists", REPO / ".wheelfarm" / "sdists"):
         candidate = cache / source.sdist_filename("flash-attn", FA_VERSION)
         if candidate.is_file() and source.file_sha256(candidate) == FA_SHA256:
@@ -389,8 +390,9 @@ def flash_attn_sdist(tmp_path: Path) -> Path:
     try:
         return source.fetch_sdist("flash-attn", FA_VERSION, FA_SHA256, tmp_path / "cache")
     except Exception as exc:  # offline: nothing to test against
-        pytest.skip(f"flash-attn {FA_VERSION} sdist not cached under .wheelfarm/cache/sdists and not "
+        need(False, f"flash-attn {FA_VERSION} sdist not cached under .wheelfarm/cache/sdists and not "
                     f"downloadable ({exc})")
+        raise
 
 
 def test_real_flash_attn_patch_applies_to_real_sdist(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import importlib.util
 import json
 import os
 import platform
@@ -369,10 +368,6 @@ def upstream_build(config: Config, cell: Cell, tc: toolchain.Toolchain, paths: B
                       extra_env={"MAX_JOBS": str(cores), "NVCC_THREADS": UPSTREAM_NVCC_THREADS})
 
 
-def plan_available() -> bool:
-    return importlib.util.find_spec("wheelfarm.commands.plan") is not None
-
-
 def complete_mirror(config: Config, mirror: Path) -> int:
     """A local mirror holding every cell of the matrix: a stand-in file under each wheel's name (DESIGN.md layout
     ``wheels/<project>/<file>``) with a passing ``.audit.json``; ``plan`` reads only names and result files."""
@@ -388,8 +383,6 @@ def complete_mirror(config: Config, mirror: Path) -> int:
 def time_plan(config: Config, work_dir: Path) -> Figure:
     """``wheelfarm plan --against MIRROR`` over the whole matrix, the mirror holding every wheel: nothing missing."""
     machine = describe_machine()
-    if not plan_available():
-        return Figure("plan-seconds", None, machine, "not yet measured: `wheelfarm plan` is not in this tree yet")
     mirror = work_dir / "complete-mirror"
     shutil.rmtree(mirror, ignore_errors=True)
     cells = complete_mirror(config, mirror)

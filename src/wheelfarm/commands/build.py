@@ -8,13 +8,14 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .. import log, toolchain
-from ..audit import Declared, audit_wheel
+from .. import log, repair, toolchain
+from ..audit import Declared
 from ..build import BuildPaths, BuildResult, build_cell
 from ..config import Config
-from ..errors import BadInput
+from ..errors import BadInput, BuildFailed
 from ..matrix import Cell
 from ..settings import add_matrix_options, load_config, selected_cells
+from ..wheelmeta import sha256_file
 
 NAME = "build"
 HELP = "Build the selected cells (default: [farm].default-select) into the wheelhouse and audit them."
@@ -43,14 +44,19 @@ def _paths(config: Config, args: argparse.Namespace) -> BuildPaths:
                       wheelhouse=(args.wheelhouse or root / config.farm.wheelhouse).resolve())
 
 
-def _audit(result: BuildResult, tc: toolchain.Toolchain, max_glibc: str | None = None) -> None:
-    """Audit the built wheel (name == contents); a failed audit fails the cell."""
+def _repair_and_audit(result: BuildResult, tc: toolchain.Toolchain) -> None:
+    """The repair policy every backend applies (repair.py: auditwheel, torch and CUDA never vendored, the upstream
+    name kept; the container backend runs the same command in the image), then the audit (name == contents).
+    The wheel is replaced in the wheelhouse atomically; a failed repair or audit fails the cell."""
     assert result.wheel is not None
-    declared = Declared(archs=result.cell.archs, torch=result.cell.torch, max_glibc=max_glibc)
-    report = audit_wheel(result.wheel, declared=declared, torch_lib_dir=tc.torch_lib)
-    if not report.passed:
-        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.passed)
-        result.ok, result.error = False, f"audit failed: {failed}"
+    declared = Declared(archs=result.cell.archs, torch=result.cell.torch)
+    try:
+        fixed = repair.repair(result.wheel, result.wheel.parent, keep_name=True, declared=declared,
+                              torch_lib_dir=tc.torch_lib)
+    except BuildFailed as exc:
+        result.ok, result.error = False, str(exc)
+        return
+    result.wheel, result.sha256, result.size = fixed, sha256_file(fixed), fixed.stat().st_size
 
 
 def _summary(results: list[BuildResult]) -> Table:
@@ -75,7 +81,7 @@ def run_builds(config: Config, cells: list[Cell], args: argparse.Namespace) -> l
                      f"{tc.compiler_version}")
             result = build_cell(config, cell, tc, paths, max_jobs=args.max_jobs)
             if result.ok and not args.no_audit:
-                _audit(result, tc)
+                _repair_and_audit(result, tc)
             if not result.ok:
                 log.error(f"{cell.wheel}: {result.error}")
             results.append(result)
