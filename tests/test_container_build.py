@@ -553,3 +553,22 @@ def test_chroot_engine_builds_the_fixture_with_a_runners_torch_and_cuda(test_ima
     assert audit["passed"] and audit["archs"]["sass"] == ["sm_80", "sm_90"]
     assert _version(audit["glibc"]["max_glibc"]) <= (2, 31)
     assert result["cost"]["cache_stores"] == 5 and result["objects_total"] == 6
+
+
+def test_auto_is_the_default_backend_and_says_where_it_builds(tmp_path, monkeypatch):
+    """`wheelfarm build` (and `nox -s build`) without --backend: the container when one can build the cells, else
+    the host with the reason; here the engine is made unusable, so the build must name why it falls back."""
+    import argparse
+
+    from wheelfarm.commands import build as build_cmd
+
+    parser = argparse.ArgumentParser()
+    build_cmd.configure_parser(parser)
+    assert parser.parse_args([]).backend == "auto"
+    proc = run_wheelfarm("build", "--select", *FIXTURE_SELECT, "python=3.11", "--work-dir", str(tmp_path / "w"),
+                         "--wheelhouse", str(tmp_path / "wh"), "--python", sys.executable, "--cuda-home",
+                         str(tmp_path), env={"WHEELFARM_ENGINE": "docker", "PATH": "/usr/bin:/bin"})
+    said = " ".join(proc.stderr.split())
+    assert "--backend auto: building on the HOST, not in a container" in said
+    assert "scripts/setup-podman.sh" in said
+    assert proc.returncode == 2 and "cannot import torch" in said  # then the host backend's own refusal

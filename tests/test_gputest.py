@@ -752,6 +752,15 @@ def test_conftest_selects_what_pytest_selects(tmp_path, expr):
 # ----------------------------------------------------------------------------------- end to end, CPU stand-in
 
 
+def _pytest_wheels(links: Path) -> None:
+    """pytest and its dependencies, at the versions this suite runs, for an offline ``--find-links`` (a runner's
+    torch env need not have pytest: gpu-test installs it for the upstream subset)."""
+    from importlib.metadata import version
+
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(links),
+                    f"pytest=={version('pytest')}"], check=True, capture_output=True, text=True)
+
+
 FAKE_FLASH_ATTN = '''
 """CPU stand-in for flash-attn 2 (independent math: fp32 SDPA-style with tril masks)."""
 import torch
@@ -857,6 +866,7 @@ def test_end_to_end_on_a_cpu_stand_in(tmp_path, monkeypatch, capsys):
     Path(f"{wheel}.audit.json").write_text(json.dumps({"archs": {"sass": ["sm_90"], "ptx": []}}))
     links = tmp_path / "links"
     _wheel(links, "einops-0.8.1-py3-none-any.whl", {"einops/__init__.py": "def rearrange(*a, **k): pass\n"})
+    _pytest_wheels(links)
     monkeypatch.setattr(gputest, "probe_gpu", lambda python: H100)
     monkeypatch.setenv(
         "WHEELFARM_GPU_CHECKS_ARGS",
@@ -882,7 +892,9 @@ def test_end_to_end_on_a_cpu_stand_in(tmp_path, monkeypatch, capsys):
         "120",
     ]
     code = cli.main(args)
-    payload = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.out, captured.err[-3000:]
+    payload = json.loads(captured.out)
     assert code == 0, json.dumps(payload, indent=1)[:4000]
     result = json.loads(Path(f"{wheel}.gpu.json").read_text())
     assert result["passed"] is True and result["env"] == gputest.ENV_REUSED
