@@ -132,17 +132,7 @@ case "${1:-}" in
     rm -rf "$WF/consumer"; python3 -m venv --system-site-packages --without-pip "$WF/consumer"
     PYTHONPATH=/tmp/site "$WF/consumer/bin/python" -m pip install --no-cache-dir --index-url "file://$WF/mirror/$LABEL/simple" \
       --find-links "$PWD/.whl" flash-attn > "$WF/install.out" 2>&1; tail -3 "$WF/install.out"
-    "$WF/consumer/bin/python" - > "$WF/smoke.out" 2>&1 <<'PY'
-import flash_attn, torch
-from flash_attn import flash_attn_func
-q, k, v = (torch.randn(2, 512, 8, 128, device="cuda", dtype=torch.float16) for _ in range(3))
-out = flash_attn_func(q, k, v, causal=True)
-ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                       is_causal=True).transpose(1, 2)
-print("flash_attn", flash_attn.__version__, "from", flash_attn.__file__)
-print("forward max abs diff vs torch SDPA (fp16):", (out - ref).abs().max().item())
-PY
-    cat "$WF/smoke.out"
+    smoke "$WF/consumer/bin/python" > "$WF/smoke.out" 2>&1; cat "$WF/smoke.out"
     ;;
   collect)
     out=${OUT:?}; mkdir -p "$out/run"
