@@ -572,3 +572,10 @@ def test_auto_is_the_default_backend_and_says_where_it_builds(tmp_path, monkeypa
     assert "--backend auto: building on the HOST, not in a container" in said
     assert "scripts/setup-podman.sh" in said
     assert proc.returncode == 2 and "cannot import torch" in said  # then the host backend's own refusal
+
+
+def test_each_run_labels_its_container():
+    plan = cibw.GroupPlan(**{**_plan().__dict__, "run_id": "abc123"})
+    assert f"--label={cibw.RUN_LABEL}=abc123" in plan.table()["container-engine"]["create-args"]
+    assert not any(a.startswith("--label") for a in _plan().table()["container-engine"]["create-args"])
+    assert Engine("chroot", "/bin/bash").remove_labelled(cibw.RUN_LABEL, "abc123") == []

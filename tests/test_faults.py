@@ -47,6 +47,7 @@ from test_source import Index, make_sdist
 from test_store_s3 import make_bucket, moto_endpoint, s3_env  # noqa: F401 (fixtures)
 from wheelfarm import build, source, toolchain
 from wheelfarm.config import load
+from wheelfarm.container import Engine
 from wheelfarm.errors import BadInput
 from wheelfarm.store import RetryPolicy, open_store
 from wheelgen import make_wheel
@@ -383,9 +384,7 @@ def test_oom_kill_is_detected_and_retried_with_fewer_jobs(fault_build: FaultBuil
     r.done(f"\"{message.group(0)[9:]}\"; attempt 2 ok")
 
 
-def test_a_real_container_oom_kill_is_recognised(row, tmp_path: Path) -> None:
-    r = row("a real OOM kill: `podman run --memory=64m` allocating 512 MiB",
-            "exit 137, which the build's OOM detector (build.looks_oom) reports as out of memory")
+def _podman_and_test_image(r: Row) -> tuple[Engine, str]:
     from wheelfarm.container import detect_engine
 
     try:
@@ -395,10 +394,53 @@ def test_a_real_container_oom_kill_is_recognised(row, tmp_path: Path) -> None:
         need(False, "no podman (scripts/setup-podman.sh)")
     images = subprocess.run([engine.executable, "images", "--format", "{{.Repository}}:{{.Tag}}"],
                             capture_output=True, text=True, check=False).stdout.split()
-    image = next((i for i in images if "wheelfarm-testimage" in i), None)
+    image = os.environ.get("WHEELFARM_TEST_IMAGE") or next((i for i in images if "wheelfarm-testimage" in i), None)
     if image is None:
         r.done("skipped: no offline test image (scripts/build-test-image.sh)")
         need(False, "no offline test image (scripts/build-test-image.sh)")
+    assert image is not None
+    return engine, image
+
+
+def _labelled_containers(engine: Engine) -> list[str]:
+    from wheelfarm.cibw import RUN_LABEL
+
+    return subprocess.run([engine.executable, "ps", "-aq", "--filter", f"label={RUN_LABEL}"], capture_output=True,
+                          text=True, check=False).stdout.split()
+
+
+@pytest.mark.container
+@pytest.mark.slow
+def test_sigterm_during_a_container_build_leaves_no_container(row, tmp_path: Path) -> None:
+    r = row("SIGTERM to `wheelfarm build --backend container` while its container runs",
+            "exit 143 and no container of the run left (cibuildwheel, killed, cannot remove its own)")
+    engine, image = _podman_and_test_image(r)
+    assert not _labelled_containers(engine), "a container of an earlier run is still there"
+    run = Running("build", "--backend", "container", *CELL, "--work-dir", str(tmp_path / "w"),
+                  "--wheelhouse", str(tmp_path / "wh"), "--no-audit", env={"WHEELFARM_IMAGE": image})
+    deadline = time.monotonic() + 300
+    while not _labelled_containers(engine) and time.monotonic() < deadline and run.proc.poll() is None:
+        time.sleep(0.5)
+    during = _labelled_containers(engine)
+    time.sleep(3)  # inside it by now: cibuildwheel's hooks (CUDA, torch) or the compiles
+    run.proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    rc = run.finish(timeout=120)
+    seconds = time.monotonic() - start
+    kill_session(run.proc.pid)
+    left = _labelled_containers(engine)
+    for ctr in left:  # whatever the outcome, nothing of it may disturb what follows
+        subprocess.run([engine.executable, "rm", "-f", ctr], capture_output=True, check=False)
+    assert during, f"the build never started its container:\n{run.output[-3000:]}"
+    assert rc == 143 and not left, (rc, left, run.output[-3000:])
+    assert "removed its container" in squash(run.output)
+    r.done(f"exit {rc} after {seconds:.1f} s; containers during: {len(during)}, after: {len(left)}")
+
+
+def test_a_real_container_oom_kill_is_recognised(row, tmp_path: Path) -> None:
+    r = row("a real OOM kill: `podman run --memory=64m` allocating 512 MiB",
+            "exit 137, which the build's OOM detector (build.looks_oom) reports as out of memory")
+    engine, image = _podman_and_test_image(r)
     proc = engine.run(image, ["/opt/python/cp311-cp311/bin/python", "-c", "b = bytearray(512 * 2**20)"],
                       memory="64m", capture=True, check=False)
     (tmp_path / "log").write_text(proc.stdout + proc.stderr)

@@ -51,6 +51,7 @@ NINJA_LOGS = LOGS / "ninja"  # <identifier>/build/temp/.ninja_log: per-object se
 UTILITY_PYTHON = "/opt/python/cp39-cp39/bin/python"  # cibuildwheel needs it in every image (DESIGN.md)
 BUILD_TOOLS = ("build", "setuptools>=69", "wheel", "ninja", "packaging", "psutil")
 PYPI = "https://pypi.org/simple"
+RUN_LABEL = "org.wheelfarm.run"  # podman/docker label on the container of one cibuildwheel run
 PY_DIGITS = "$(python -c 'import sys; print(\"%d%d\" % sys.version_info[:2])')"  # in a hook: "312"
 
 
@@ -178,6 +179,7 @@ class GroupPlan:
     dirs: HostDirs
     pip: PipSources = field(default_factory=PipSources)
     extra_mounts: tuple[Mount, ...] = ()  # a runner's own torch and CUDA (``--python``/``--cuda-home``)
+    run_id: str = ""  # labels this run's container (RUN_LABEL), so a stopped build can remove it
 
     def mounts(self) -> list[Mount]:
         return [*self.dirs.mounts(self.pip), *self.extra_mounts]
@@ -348,6 +350,7 @@ def create_args(plan: GroupPlan) -> list[str]:
         args += [f"--runtime={plan.engine.runtime}"] if plan.engine.runtime else []
         args += [f"--ulimit={u}" for u in PODMAN_ULIMITS]  # --ulimit replaces the default list: give both
     args += ["--pull=never", f"--memory={plan.memory_mb}m", f"--memory-swap={plan.memory_mb}m"]
+    args += [f"--label={RUN_LABEL}={plan.run_id}"] if plan.run_id else []
     return args + [m.arg() for m in plan.mounts()]
 
 

@@ -127,6 +127,17 @@ class Engine:
         )
         return proc.run(args, env=dict(env or {}), capture=capture, check=check)
 
+    def remove_labelled(self, label: str, value: str) -> list[str]:
+        """Force-remove the containers carrying ``label=value`` (a build stopped mid-way: cibuildwheel, killed,
+        cannot remove its container itself); returns their ids. chroot: nothing outlives its namespace."""
+        if self.name == "chroot":
+            return []
+        found = proc.run([self.executable, "ps", "-aq", "--filter", f"label={label}={value}"], capture=True,
+                         check=False, quiet=True).stdout.split()
+        if found:
+            proc.run([self.executable, "rm", "-f", *found], capture=True, check=False, quiet=True)
+        return found
+
     def image_exists(self, image: str) -> bool:
         if self.name == "chroot":
             return (Path(image) / "bin" / "sh").exists()

@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def plan_group(config: Config, cells: list[Cell], engine: Engine, image: str, pa
         compiler=cibw.choose_compiler(facts, config.torch[first.torch].cxx_std, cuda),
         jobs=job_plan(config, first, memory_mb, max_jobs), memory_mb=memory_mb, knobs=knob_env(config, first),
         cache_salt=cache_salt(config, first, torch_version, image), dirs=host_dirs(paths, first, facts, tools),
-        pip=pip_sources(), extra_mounts=runner_mounts(tools, first))
+        pip=pip_sources(), extra_mounts=runner_mounts(tools, first), run_id=uuid.uuid4().hex[:12])
 
 
 def _collect(plan: cibw.GroupPlan, cell: Cell, out: Path, paths: BuildPaths, logfile: Path, rc: int,
@@ -379,7 +380,13 @@ def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, p
     if engine.name == "chroot":
         cmd = _steps_command(plan, group, tree, out)
     log.info(f"$ {' '.join(cmd)} (in {tree}; log: {logfile})")
-    rc, _, _, peaks = run_build(cmd, {}, tree, logfile, cells[0].group)
+    try:
+        rc, _, _, peaks = run_build(cmd, {}, tree, logfile, cells[0].group)
+    except BaseException:  # stopped (Ctrl-C, SIGTERM): run_build took its process tree down, not the container
+        gone = engine.remove_labelled(cibw.RUN_LABEL, plan.run_id)
+        if gone:
+            log.warn(f"build stopped: removed its container {', '.join(gone)}")
+        raise
     # the chroot engine's processes are this process's descendants, so their memory is measured; a podman or docker
     # container's are not (they run under the engine's monitor): no figure rather than a wrong one
     measured = peaks if engine.name == "chroot" else None
