@@ -50,7 +50,7 @@ from wheelfarm.config import load
 from wheelfarm.container import Engine
 from wheelfarm.errors import BadInput
 from wheelfarm.store import RetryPolicy, open_store
-from wheelgen import make_wheel
+from wheelgen import add_member, make_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = ["--select", "package=fixture-attn", "python=3.11"]
@@ -725,9 +725,7 @@ def big_wheel(tmp: Path, megabytes: int) -> Path:
     """A test wheel with an incompressible payload, so its upload takes several TCP segments."""
     wheel = make_wheel(tmp / "wheelhouse", "fixture-attn", "0.1.0+cu13torch2.14cxx11abiTRUE",
                        requires_dist=["torch==2.14.*"])
-    with zipfile.ZipFile(wheel, "a") as zf:
-        zf.writestr("fixture_attn/blob.bin", os.urandom(megabytes * 2**20), compress_type=zipfile.ZIP_STORED)
-    return wheel
+    return add_member(wheel, "fixture_attn/blob.bin", os.urandom(megabytes * 2**20), zipfile.ZIP_STORED)
 
 
 def _free_port() -> int:

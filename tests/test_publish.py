@@ -20,7 +20,7 @@ from ghrelease_server import GitHubStandIn
 from test_index import anchors
 from test_store_s3 import FAST, make_bucket, moto_endpoint, s3_env  # noqa: F401 (fixtures)
 from wheelfarm import cli
-from wheelfarm.errors import PublishFailed
+from wheelfarm.errors import BadInput, PublishFailed
 from wheelfarm.index import State
 from wheelfarm.publish import Options, publish
 from wheelfarm.store import Store, open_store
@@ -143,8 +143,9 @@ def test_audit_of_other_bytes_or_newer_schema_is_refused(tmp_path: Path) -> None
 def test_wheel_whose_metadata_lacks_the_local_label_is_refused(tmp_path: Path) -> None:
     w = make_wheel(tmp_path, "fixture-attn", f"0.1.0+{CU13}", metadata_version="0.1.0")  # upstream's mistake
     write_result(w, ".audit.json", True)
-    with pytest.raises(PublishFailed, match="inconsistent version"):
+    with pytest.raises(BadInput, match="inconsistent version"):  # bad input: exit 2, nothing written
         publish(LocalStore(tmp_path / "mirror"), [w], Options())
+    assert not (tmp_path / "mirror").exists()
 
 
 # ----------------------------------------------------------------------------------- crash consistency

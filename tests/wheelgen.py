@@ -77,6 +77,20 @@ def make_wheel(
     return out
 
 
+def add_member(wheel: Path, name: str, data: bytes, compress_type: int = zipfile.ZIP_DEFLATED) -> Path:
+    """Add one file to ``wheel`` with its line in RECORD (a wheel whose RECORD lies is refused by publish)."""
+    with zipfile.ZipFile(wheel) as zf:
+        members = [(info, zf.read(info)) for info in zf.infolist()]
+    line = f"{name},sha256={_b64(hashlib.sha256(data).digest())},{len(data)}\n".encode()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for info, content in members:
+            zf.writestr(info, content + line if info.filename.endswith(".dist-info/RECORD") else content)
+        zi = zipfile.ZipInfo(name, date_time=_EPOCH)
+        zi.external_attr, zi.compress_type = 0o644 << 16, compress_type
+        zf.writestr(zi, data)
+    return wheel
+
+
 def write_result(wheel: Path, suffix: str, passed: bool, sha256: str | None = None) -> Path:
     """A ``<wheel>.audit.json`` / ``<wheel>.gpu.json`` side file with the top-level keys publishing reads:
     ``schema``, ``wheel``, ``sha256``, ``passed`` (the real audit writes more, see docs/audit.md)."""

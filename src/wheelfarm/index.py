@@ -28,6 +28,9 @@ from typing import Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from .errors import PublishFailed
+from .store import STATE_NAME
+
 STATE_FORMAT = 1
 _VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.]*$")
 
@@ -104,7 +107,14 @@ class State:
     def from_bytes(cls, data: bytes | None) -> State:
         if not data:
             return cls()
-        doc = json.loads(data)
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise PublishFailed(f"the mirror's {STATE_NAME} is corrupt ({exc}); nothing was changed",
+                                hint="restore it, or move it away and run `wheelfarm index --rescan` to rebuild "
+                                     "it from the stored wheels") from exc
         return cls(
             entries=tuple(Entry.from_json(e) for e in doc.get("entries", [])),
             replaced=tuple(Replacement(**r) for r in doc.get("replaced", [])),

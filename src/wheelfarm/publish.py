@@ -22,20 +22,19 @@ import email.parser
 import hashlib
 import json
 import random
-import re
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
-from packaging.version import InvalidVersion, Version
+from packaging.utils import parse_wheel_filename
+from packaging.version import Version
 
 from . import log
-from .errors import BadInput, PublishFailed
+from .errors import PublishFailed
 from .index import Entry, Replacement, State, build_pages, content_type
 from .store import Store, sha256_of
+from .wheelcheck import Identity, check_wheel
 
 SIDE_FILES = (".audit.json", ".gpu.json")
 CAS_ATTEMPTS = 60
@@ -60,6 +59,7 @@ class LocalWheel:
     sha256: str
     metadata: bytes
     requires_python: str | None
+    identity: Identity
 
     @property
     def file(self) -> str:
@@ -86,33 +86,10 @@ class LocalWheel:
 
 
 def inspect_wheel(path: Path) -> LocalWheel:
-    """Read name, version, Requires-Python and METADATA; refuse wheels pip would refuse."""
-    try:
-        name, version, _, _ = parse_wheel_filename(path.name)
-    except InvalidWheelFilename as exc:
-        raise BadInput(f"{path}: not a wheel file name ({exc})") from exc
-    if not path.is_file():
-        raise BadInput(f"{path}: no such file")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            metas = [n for n in zf.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
-            if len(metas) != 1:
-                raise PublishFailed(f"{path.name}: expected one *.dist-info/METADATA, found {len(metas)}")
-            metadata = zf.read(metas[0])
-    except zipfile.BadZipFile as exc:
-        raise PublishFailed(f"{path.name}: not a valid zip file ({exc})") from exc
+    """Read name, version, Requires-Python and METADATA; refuse (exit 2) what pip would refuse (wheelcheck.py)."""
+    identity, metadata = check_wheel(path)
     headers = email.parser.BytesParser().parsebytes(metadata, headersonly=True)
-    try:
-        meta_version = Version(str(headers.get("Version", "")))
-    except InvalidVersion as exc:
-        raise PublishFailed(f"{path.name}: METADATA has an invalid Version ({exc})") from exc
-    if canonicalize_name(str(headers.get("Name", ""))) != name or meta_version != version:
-        raise PublishFailed(
-            f"{path.name}: METADATA says {headers.get('Name')} {meta_version}, "
-            f"the file name says {name} {version}",
-            hint="pip refuses such a wheel ('inconsistent version'); "
-            "rebuild with the local label in the METADATA version",
-        )
+    name, version = identity.project, identity.version
     return LocalWheel(
         path=path,
         project=name,
@@ -120,6 +97,7 @@ def inspect_wheel(path: Path) -> LocalWheel:
         sha256=_sha256(path),
         metadata=metadata,
         requires_python=headers.get("Requires-Python"),
+        identity=identity,
     )
 
 
@@ -159,7 +137,11 @@ def _check_result(wheel: LocalWheel, side: Path, what: str, fix: str) -> None:
             f"refused {wheel.file}: {side.name} has schema {schema}, this wheelfarm reads {RESULT_SCHEMA}",
             hint="update wheelfarm",
         )
-    if sha is not None and sha != wheel.sha256:
+    if sha is None or doc.get("wheel") not in (None, wheel.file):
+        raise PublishFailed(
+            f"refused {wheel.file}: {side.name} names no sha256 or another wheel ({doc.get('wheel')}): a result "
+            "must be tied to the bytes it judged", hint=fix)
+    if sha != wheel.sha256:
         raise PublishFailed(
             f"refused {wheel.file}: {side.name} is for other bytes (sha256 {sha}, the wheel "
             f"has {wheel.sha256})",
@@ -179,6 +161,7 @@ def publish(store: Store, paths: Sequence[Path], opts: Options) -> dict[str, str
     wheels = [inspect_wheel(p) for p in paths]
     for w in wheels:  # every refusal happens before anything is written
         check_gates(w, opts)
+    _refuse_shadows(wheels, State.from_bytes(store.read_state()[0]).entries)
     stored = {w.file: store.sha256(w.store_path) for w in wheels}
     conflicts = [w for w in wheels if stored[w.file] not in (None, w.sha256)]
     if conflicts and not opts.replace:
@@ -195,6 +178,19 @@ def publish(store: Store, paths: Sequence[Path], opts: Options) -> dict[str, str
         log.info(f"{results[w.file]}: {w.file} (sha256 {w.sha256[:16]}…) → {store.description}")
     reindex(store)
     return results
+
+
+def _refuse_shadows(wheels: Sequence[LocalWheel], entries: Sequence[Entry]) -> None:
+    """A used identity takes no other file name: ``flash_attn-2.0.0-…`` beside ``flash_attn-2.0-…`` (or a
+    differently cased local label) would list two files for one release, and pip would install either."""
+    seen = {Identity.of(e.file): e.file for e in entries}
+    for w in wheels:
+        other = seen.setdefault(w.identity, w.file)
+        if other != w.file:
+            raise PublishFailed(f"refused {w.file}: {other} is the same release (project {w.identity.project}, "
+                                f"version {w.identity.version}, same build tag and tags); nothing was changed",
+                                hint="a published release is immutable under any spelling: bump the version or "
+                                     "local label (--replace replaces a file under its own name only)")
 
 
 def publish_one(store: Store, w: LocalWheel, *, old_sha256: str | None) -> str:

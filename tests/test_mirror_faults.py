@@ -1,0 +1,228 @@
+"""Hostile and broken wheels against the mirror (issue "mirror integrity"): each is refused before anything is
+written, with the cause named and the exit code of its kind (2 bad input, 1 a refused publish), and each adds a
+row to the fault table printed by the suite (tests/test_faults.py owns the table).
+
+Real parts: real zip files written on the fly (wheelgen.py, then damaged the way a truncated download, a tampered
+member or a zip bomb would be), the real CLI, the real local store; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from test_faults import row, table  # noqa: F401 (fixtures: the shared fault table)
+from wheelfarm import cli
+from wheelgen import make_wheel, write_result
+
+PY = dict(python_tag="py3", platform="any")
+
+
+def _audited(path: Path) -> Path:
+    write_result(path, ".audit.json", True)
+    return path
+
+
+def _renamed(src: Path, name: str) -> Path:
+    """The same bytes under another file name (the dist-info inside keeps its own)."""
+    dest = src.parent / "renamed" / name
+    dest.parent.mkdir(exist_ok=True)
+    shutil.copyfile(src, dest)
+    return _audited(dest)
+
+
+def _rewritten(src: Path, change: Callable[[str, bytes], bytes], name: str | None = None) -> Path:
+    """Rewrite every member through ``change(member name, data)``, RECORD left as it was."""
+    dest = src.parent / "rewritten" / (name or src.name)
+    dest.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info, change(info.filename, zin.read(info)))
+    return _audited(dest)
+
+
+def _published(mirror: Path) -> list[str]:
+    folder = mirror / "wheels"
+    return sorted(p.name for p in folder.rglob("*.whl")) if folder.exists() else []
+
+
+def _publish(wheel: Path, mirror: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(["publish", str(wheel), "--to", str(mirror)])
+    return code, " ".join(capsys.readouterr().err.split())
+
+
+# ------------------------------------------------------------------------------- identity (defect 1)
+
+
+@pytest.mark.parametrize(("name", "code", "said"), [
+    ("Flash.Attn-2.0-py3-py3-any.whl", 2, "not in normalized form"),
+    ("FLASH_ATTN-2.0-py3-py3-any.whl", 2, "not in normalized form"),
+    ("flash_attn-2.00-py3-py3-any.whl", 2, "not in normalized form"),
+    ("flash_attn-v2.0-py3-py3-any.whl", 2, "not in normalized form"),
+    ("flash_attn-2.0.0-py3-py3-any.whl", 1, "is the same release"),
+])
+def test_another_spelling_of_a_published_release_is_refused(row, tmp_path, capsys, name, code, said):  # noqa: F811
+    r = row(f"publish {name} after flash_attn-2.0-py3-py3-any.whl (other bytes)",
+            f"exit {code}: {said}; simple/flash-attn/ still lists one file")
+    mirror = tmp_path / "mirror"
+    first = _audited(make_wheel(tmp_path / "a", "flash-attn", "2.0", **PY))
+    assert _publish(first, mirror, capsys)[0] == 0
+    other = make_wheel(tmp_path / "b", "flash-attn", "2.0.0" if "2.0.0" in name else "2.0", salt="impostor", **PY)
+    got, err = _publish(_renamed(other, name), mirror, capsys)
+    assert (got, said in err) == (code, True), err
+    assert _published(mirror) == [first.name]
+    page = (mirror / "simple/flash-attn/index.html").read_text()
+    assert page.count(".whl#sha256=") == 1 and first.name in page
+    r.done(f"exit {got}: \"{err[:110]}…\"; 1 file listed")
+
+
+# ------------------------------------------------------------------------- labels (defects 3 and 8)
+
+
+def test_a_label_that_pep440_normalizes_is_refused_and_the_index_stays_usable(row, tmp_path, capsys):  # noqa: F811
+    r = row("a local label with '_' (1.0+cu12_torch28: valid PEP 440, normalized to cu12.torch28)",
+            "exit 2 (not in normalized form) before the state changes; later publishes and `index` still work")
+    mirror = tmp_path / "mirror"
+    odd = _renamed(make_wheel(tmp_path / "a", "fixture-attn", "1.0+cu12.torch28", **PY),
+                   "fixture_attn-1.0+cu12_torch28-py3-py3-any.whl")
+    got, err = _publish(odd, mirror, capsys)
+    assert got == 2 and "not in normalized form" in err and "1.0+cu12.torch28" in err, err
+    fine = _audited(make_wheel(tmp_path / "b", "fixture-attn", "1.0+cu12.torch28", **PY))
+    assert _publish(fine, mirror, capsys)[0] == 0
+    assert cli.main(["index", "--to", str(mirror)]) == 0
+    assert (mirror / "cu12.torch28/simple/fixture-attn/index.html").is_file()
+    r.done(f"exit 2: \"{err[:90]}…\"; the normalized wheel then published and indexed")
+
+
+def test_a_label_named_like_a_mirror_folder_is_refused(row, tmp_path, capsys):  # noqa: F811
+    r = row("local label 'simple' (its variant index would be simple/simple/)", "exit 2, nothing written")
+    got, err = _publish(_audited(make_wheel(tmp_path, "fixture-attn", "1.0+simple", **PY)), tmp_path / "m", capsys)
+    assert got == 2 and "folder of the mirror" in err, err
+    assert not (tmp_path / "m").exists()
+    r.done(f"exit 2: \"{err[:80]}…\"")
+
+
+# ---------------------------------------------------------------------------------- bad input (defect 4)
+
+
+def _empty(w: Path) -> Path:
+    w.write_bytes(b"")
+    return w
+
+
+def _truncated(w: Path) -> Path:
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    return w
+
+
+def _not_a_zip(w: Path) -> Path:
+    w.write_text("<html>404 Not Found</html>\n")
+    return w
+
+
+def _bad_crc(w: Path) -> Path:
+    """One byte of a member's stored (uncompressed) data flipped: only its CRC can tell."""
+    data = bytearray(w.read_bytes())
+    at = data.index(b"Pure-Python stand-in payload")
+    data[at] ^= 0x20
+    w.write_bytes(bytes(data))
+    return w
+
+
+def _stored(w: Path) -> Path:
+    """The same wheel with ZIP_STORED members (so _bad_crc finds the payload's bytes)."""
+    with zipfile.ZipFile(w) as zin:
+        members = [(i, zin.read(i)) for i in zin.infolist()]
+    with zipfile.ZipFile(w, "w", zipfile.ZIP_STORED) as zout:
+        for info, data in members:
+            info.compress_type = zipfile.ZIP_STORED
+            zout.writestr(info, data)
+    return w
+
+
+def _record_mismatch(w: Path) -> Path:
+    return _rewritten(w, lambda name, data: data.replace(b"stand-in payload", b"swapped payload!") if
+                      name.endswith("__init__.py") else data)
+
+
+def _other_project(w: Path) -> Path:
+    other = make_wheel(w.parent / "other", "other-project", "0.1.0", **PY)
+    return _renamed(other, w.name)
+
+
+def _zip_bomb(w: Path) -> Path:
+    """A 64 MiB member of zeros in ~64 KB: refused from the zip headers, before anything is inflated."""
+    def change(name: str, data: bytes) -> bytes:
+        return data
+
+    bomb = _rewritten(w, change)
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("fixture_attn/zeros.bin", b"\0" * (64 * 2**20))
+    return _audited(bomb)
+
+
+def _huge_metadata(w: Path) -> Path:
+    noise = os.urandom(2**20).hex().encode()  # 2 MiB that do not compress: not a zip bomb, just too big
+    return _rewritten(w, lambda name, data: data + b"Description: " + noise + b"\n"
+                      if name.endswith("/METADATA") else data)
+
+
+@pytest.mark.parametrize(("fault", "damage", "said"), [
+    ("an empty .whl file", _empty, "not a valid zip file"),
+    ("a truncated download (half the bytes)", _truncated, "not a valid zip file"),
+    ("an HTML error page saved as .whl", _not_a_zip, "not a valid zip file"),
+    ("a member with a bad CRC (stored, one byte flipped)", lambda w: _bad_crc(_stored(w)), "fails its CRC check"),
+    ("a member whose bytes differ from RECORD", _record_mismatch, "does not match its RECORD entry"),
+    ("the dist-info of another project under this name", _other_project, "dist-info"),
+    ("a zip bomb (64 MiB of zeros in one member)", _zip_bomb, "zip bomb"),
+    ("a 2 MiB METADATA", _huge_metadata, "METADATA is"),
+])
+def test_broken_or_hostile_wheels_are_bad_input(row, tmp_path, capsys, fault, damage, said):  # noqa: F811
+    r = row(f"publish {fault}", f"exit 2 naming the cause ({said}); nothing written")
+    wheel = damage(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY))
+    if not wheel.with_name(wheel.name + ".audit.json").exists():
+        wheel.with_name(wheel.name + ".audit.json").write_text('{"passed": true}')  # the gate is not the point
+    got, err = _publish(wheel, tmp_path / "mirror", capsys)
+    assert got == 2 and said in err, err
+    assert not (tmp_path / "mirror").exists()
+    r.done(f"exit 2: \"{err[:100]}…\"")
+
+
+@pytest.mark.parametrize("name", ["..-1.0-py3-none-any.whl", "a.-1.0-py3-none-any.whl"])
+def test_invalid_project_names_are_refused(row, tmp_path, capsys, name):  # noqa: F811
+    r = row(f"a wheel named {name}", "exit 2: not a valid project name / wheel name")
+    wheel = _renamed(make_wheel(tmp_path, "a", "1.0", **PY), name)
+    got, err = _publish(wheel, tmp_path / "mirror", capsys)
+    assert got == 2 and ("not a valid project name" in err or "not a wheel file name" in err), err
+    assert not (tmp_path / "mirror").exists()
+    r.done(f"exit 2: \"{err[:90]}…\"")
+
+
+# --------------------------------------------------------------------------------- smaller (defect 8)
+
+
+def test_an_audit_result_not_tied_to_the_bytes_is_refused(row, tmp_path, capsys):  # noqa: F811
+    r = row('an audit result {"passed": true} without sha256 or wheel name', "exit 1: not tied to the bytes")
+    wheel = make_wheel(tmp_path, "fixture-attn", "0.1.0", **PY)
+    wheel.with_name(wheel.name + ".audit.json").write_text(json.dumps({"passed": True}))
+    got, err = _publish(wheel, tmp_path / "mirror", capsys)
+    assert got == 1 and "tied to the bytes" in err, err
+    assert not (tmp_path / "mirror").exists()
+    r.done(f"exit 1: \"{err[:90]}…\"")
+
+
+def test_a_corrupt_index_state_is_named_not_a_traceback(row, tmp_path, capsys):  # noqa: F811
+    r = row("a corrupt index-state.json in the mirror", "exit 1 naming the file and how to rebuild it")
+    mirror = tmp_path / "mirror"
+    assert _publish(_audited(make_wheel(tmp_path / "a", "fixture-attn", "0.1.0", **PY)), mirror, capsys)[0] == 0
+    (mirror / "index-state.json").write_text('{"entries": [')
+    got, err = _publish(_audited(make_wheel(tmp_path / "b", "fixture-attn", "0.2.0", **PY)), mirror, capsys)
+    assert got == 1 and "index-state.json is corrupt" in err and "--rescan" in err, err
+    assert "Traceback" not in err
+    r.done(f"exit 1: \"{err[:100]}…\"")
