@@ -54,7 +54,8 @@ def _published(mirror: Path) -> list[str]:
 
 def _publish(wheel: Path, mirror: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = cli.main(["publish", str(wheel), "--to", str(mirror)])
-    return code, " ".join(capsys.readouterr().err.split())
+    err = " ".join(capsys.readouterr().err.split())
+    return code, err[err.find("wheelfarm:"):] if "wheelfarm:" in err else err
 
 
 # ------------------------------------------------------------------------------- identity (defect 1)
@@ -226,3 +227,70 @@ def test_a_corrupt_index_state_is_named_not_a_traceback(row, tmp_path, capsys): 
     assert got == 1 and "index-state.json is corrupt" in err and "--rescan" in err, err
     assert "Traceback" not in err
     r.done(f"exit 1: \"{err[:100]}…\"")
+
+
+# ------------------------------------------------------------------- the local mirror's folder (defects 6, 7, 8)
+
+
+def test_a_symlinked_folder_inside_the_mirror_is_not_written_through(row, tmp_path, capsys):  # noqa: F811
+    r = row("wheels/<project> inside the local mirror is a symlink to a folder outside it",
+            "exit 1 naming the link; nothing written outside the mirror")
+    mirror, outside = tmp_path / "mirror", tmp_path / "outside"
+    (mirror / "wheels").mkdir(parents=True)
+    outside.mkdir()
+    (mirror / "wheels" / "fixture-attn").symlink_to(outside)
+    got, err = _publish(_audited(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY)), mirror, capsys)
+    assert got == 1 and "symlink" in err, err
+    assert list(outside.iterdir()) == []
+    r.done(f"exit 1: \"{err[:100]}…\"; the outside folder is still empty")
+
+
+def test_a_symlinked_lock_file_is_not_followed(row, tmp_path, capsys):  # noqa: F811
+    r = row("the mirror's lock file is a symlink to a path outside it", "exit 1; the link's target is never created")
+    mirror, target = tmp_path / "mirror", tmp_path / "elsewhere" / "created-by-publish"
+    mirror.mkdir()
+    (mirror / ".index-state.lock").symlink_to(target)
+    got, err = _publish(_audited(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY)), mirror, capsys)
+    assert got == 1 and "symlink" in err, err
+    assert not target.exists() and not target.parent.exists()
+    r.done(f"exit 1: \"{err[:100]}…\"; target not created")
+
+
+def test_a_stopped_publisher_holding_the_lock_is_named_after_the_timeout(row, tmp_path, capsys, monkeypatch):  # noqa: F811
+    r = row("another publisher holds the mirror's lock and never lets go (stopped with SIGSTOP)",
+            "exit 1 after WHEELFARM_LOCK_TIMEOUT_S, naming the lock file and the holder's pid")
+    import subprocess
+    import sys
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(mirror / '.index-state.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0)\n"
+        "print('locked', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("WHEELFARM_LOCK_TIMEOUT_S", "1")
+        got, err = _publish(_audited(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY)), mirror, capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert got == 1 and f"still locked after 1 s by pid {holder.pid}" in err, err
+    r.done(f"exit 1: \"{err[:110]}…\"")
+
+
+def test_temporary_files_of_killed_publishers_are_cleaned(row, tmp_path, capsys):  # noqa: F811
+    r = row("a temporary file left by a publisher killed mid-copy (2 h old) and one being written now",
+            "the old one removed by the next publish into that folder, the fresh one left alone; neither listed")
+    mirror = tmp_path / "mirror"
+    folder = mirror / "wheels" / "fixture-attn"
+    folder.mkdir(parents=True)
+    old, fresh = folder / ".a.whl.tmp-old", folder / ".b.whl.tmp-new"
+    old.write_bytes(b"half a wheel")
+    fresh.write_bytes(b"a copy in progress")
+    os.utime(old, (0, os.path.getmtime(old) - 7200))
+    assert _publish(_audited(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY)), mirror, capsys)[0] == 0
+    assert not old.exists() and fresh.exists()
+    assert ".tmp-" not in (mirror / "simple/fixture-attn/index.html").read_text()
+    r.done("old temporary removed, fresh one kept, index unaffected")

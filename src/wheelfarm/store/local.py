@@ -2,7 +2,9 @@
 
 New files are written to a temporary name in the same directory and ``os.link``-ed into place (atomic, fails
 if the name exists); pages are replaced with ``os.replace``; the index state is compare-and-swapped under an
-``fcntl`` lock on ``.index-state.lock``.
+``fcntl`` lock on ``.index-state.lock``, waited for at most ``WHEELFARM_LOCK_TIMEOUT_S`` (default 120 s; the
+holder's pid is in the file). Nothing is written through a symlink below the mirror's root (a link could point
+anywhere), and temporary files left by killed publishers are removed once they are an hour old.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import PublishFailed
 from . import STATE_NAME, Source, sha256_of
 
 LOCK_NAME = ".index-state.lock"
 _TMP_MARK = ".tmp-"
+STALE_TMP_S = 3600
+LOCK_TIMEOUT_S = 120.0
 
 
 class LocalStore:
@@ -30,7 +36,18 @@ class LocalStore:
         self.description = str(root)
 
     def _path(self, name: str) -> Path:
-        return self.root.joinpath(*name.split("/"))
+        """``name`` below the root, refusing a path through a symlink (or to one) inside the mirror."""
+        parts = name.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise PublishFailed(f"{self.root}: refused the path {name!r} (empty, '.' or '..' component)")
+        path = self.root
+        for part in parts:
+            path = path / part
+            if path.is_symlink():
+                raise PublishFailed(f"refused to write through the symlink {path} -> {os.readlink(path)} inside the "
+                                    f"mirror {self.root}", hint="a mirror is a plain folder tree: replace the link "
+                                    "with a folder (or point --to at the link's target)")
+        return path
 
     def list_files(self, prefix: str = "") -> list[str]:
         if not self.root.is_dir():
@@ -75,15 +92,39 @@ class LocalStore:
 
     def cas_state(self, data: bytes, token: str | None) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_NAME, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._locked():
+            if self.read_state()[1] != token:
+                return False
+            self.overwrite(STATE_NAME, data, "application/json")
+            return True
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The state lock, waited for at most LOCK_TIMEOUT_S; never follows a symlinked lock file."""
+        path = self._path(LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            timeout = float(os.environ.get("WHEELFARM_LOCK_TIMEOUT_S", LOCK_TIMEOUT_S))
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                        raise PublishFailed(f"{path}: still locked after {timeout:g} s by pid {holder}",
+                                            hint="a publisher is stopped or hung there: end it (or wait), then "
+                                                 "rerun; publishing is idempotent") from None
+                    time.sleep(0.05)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             try:
-                if self.read_state()[1] != token:
-                    return False
-                self.overwrite(STATE_NAME, data, "application/json")
-                return True
+                yield
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def url_for(self, name: str) -> str:
         return self._path(name).resolve().as_uri()
@@ -92,6 +133,7 @@ class LocalStore:
     def _staged(self, dest: Path, src: Source) -> Iterator[Path]:
         """A complete, fsync-ed copy of ``src`` next to ``dest``, removed afterwards if still there."""
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(dest.parent)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}{_TMP_MARK}", dir=dest.parent)
         tmp = Path(tmp_name)
         try:
@@ -107,6 +149,15 @@ class LocalStore:
             yield tmp
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of publishers killed mid-copy: removed when an hour old (a live copy is far younger)."""
+    now = time.time()
+    for tmp in folder.glob(f".*{_TMP_MARK}*"):
+        with contextlib.suppress(OSError):
+            if now - tmp.lstat().st_mtime > STALE_TMP_S:
+                tmp.unlink()
 
 
 __all__ = ["LocalStore", "sha256_of"]
