@@ -23,6 +23,7 @@ Fault injection for tests: ``drop_uploads`` (close the connection half-way throu
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import re
@@ -52,6 +53,11 @@ class StandInState:
     rate_limit: int = 5000
     drop_uploads: int = 0
     rate_limited: int = 0
+    # misbehaviours for the fault suite (a broken proxy, a hostile server, GitHub's own refusals)
+    self_link: bool = False  # the asset list's Link: rel="next" points at the page itself
+    retry_after_date: int = 0  # this many requests get 429 with Retry-After as an HTTP-date (RFC 9110)
+    echo_headers: bool = False  # error bodies echo the request's headers, Authorization included
+    refuse_release: str = ""  # creating a release answers 422 with this validation message
     releases: dict[int, dict[str, Any]] = field(default_factory=dict)
     assets: dict[int, Asset] = field(default_factory=dict)
     log: list[tuple[str, str, int]] = field(default_factory=list)
@@ -139,6 +145,8 @@ def _handler(state: StandInState) -> type[BaseHTTPRequestHandler]:
             }
             if errors:
                 doc["errors"] = errors
+            if state.echo_headers:  # first, as a server that dumps the request would
+                doc = {"request_headers": {"Authorization": self.headers.get("Authorization", "")}, **doc}
             self._json(status, doc)
 
         # ---------------------------------------------------------------------------------- helpers
@@ -154,6 +162,13 @@ def _handler(state: StandInState) -> type[BaseHTTPRequestHandler]:
             return False
 
         def _rate_limited(self) -> bool:
+            with state.lock:
+                dated = state.retry_after_date > 0
+                state.retry_after_date -= dated
+            if dated:
+                when = email.utils.formatdate(time.time() + 1, usegmt=True)
+                self._send(429, b'{"message": "slow down"}', headers={"Retry-After": when})
+                return True
             with state.lock:
                 if state.rate_limited <= 0:
                     return False
@@ -242,6 +257,8 @@ def _handler(state: StandInState) -> type[BaseHTTPRequestHandler]:
                 links += [f'<{link_base}{page + 1}>; rel="next"', f'<{link_base}{last}>; rel="last"']
             if page > 1:
                 links += [f'<{link_base}{page - 1}>; rel="prev"', f'<{link_base}1>; rel="first"']
+            if state.self_link:
+                links = [f'<{self._base()}{self.path}>; rel="next"']
             headers = {"Link": ", ".join(links)} if links else {}
             return self._json(200, items[(page - 1) * per_page : page * per_page], headers)
 
@@ -275,6 +292,10 @@ def _handler(state: StandInState) -> type[BaseHTTPRequestHandler]:
         def _create_release(self, repo: str, doc: dict[str, Any]) -> None:
             if repo not in state.repos:
                 return self._error(404, "Not Found")
+            if state.refuse_release:
+                return self._error(422, "Validation Failed",
+                                   [{"resource": "Release", "code": "custom", "field": "tag_name",
+                                     "message": state.refuse_release}])
             with state.lock:
                 if any(
                     r["repo"] == repo and r["tag_name"] == doc["tag_name"] for r in state.releases.values()

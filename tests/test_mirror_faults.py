@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from test_faults import row, table  # noqa: F401 (fixtures: the shared fault table)
+from test_store_github import gh  # noqa: F401 (fixture: the GitHub releases stand-in)
 from wheelfarm import cli
 from wheelgen import make_wheel, write_result
 
@@ -294,3 +295,54 @@ def test_temporary_files_of_killed_publishers_are_cleaned(row, tmp_path, capsys)
     assert not old.exists() and fresh.exists()
     assert ".tmp-" not in (mirror / "simple/fixture-attn/index.html").read_text()
     r.done("old temporary removed, fresh one kept, index unaffected")
+
+
+# ------------------------------------------------------------- GitHub releases (defects 7 and 8), the stand-in
+
+
+def _gh_publish(tmp_path: Path, capsys: pytest.CaptureFixture[str], tag: str = "v1") -> tuple[int, str]:
+    wheel = _audited(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY))
+    code = cli.main(["publish", str(wheel), "--to", f"github://acme/wheels@{tag}", "--pages-dir", str(tmp_path / "p")])
+    err = " ".join(capsys.readouterr().err.split())
+    return code, err[err.find("wheelfarm:"):] if "wheelfarm:" in err else err
+
+
+def test_github_pagination_that_loops_is_stopped(row, gh, tmp_path, capsys):  # noqa: F811
+    r = row("GitHub's asset list answers with Link: rel=\"next\" pointing at itself",
+            "exit 1 at once, naming the URL (it was followed 5,029 times in 15 s)")
+    gh.state.self_link = True
+    got, err = _gh_publish(tmp_path, capsys)
+    assert got == 1 and "links back to a page already read" in err, err
+    lists = [p for m, p, _ in gh.state.log if m == "GET" and "/assets" in p and "releases/assets/" not in p]
+    assert len(lists) <= 2, lists
+    r.done(f"exit 1 after {len(lists)} list request(s): \"{err[:90]}…\"")
+
+
+def test_github_retry_after_as_an_http_date_is_waited_for(row, gh, tmp_path, capsys):  # noqa: F811
+    r = row("GitHub answers 429 with Retry-After as an HTTP-date (RFC 9110), twice",
+            "waited for (no ValueError), then published")
+    gh.state.retry_after_date = 2
+    got, err = _gh_publish(tmp_path, capsys)
+    assert got == 0, err
+    assert [s for _, _, s in gh.state.log].count(429) == 2
+    r.done("exit 0 after two dated 429s")
+
+
+def test_github_refusing_to_create_the_release_says_why(row, gh, tmp_path, capsys):  # noqa: F811
+    r = row("GitHub refuses to create the release (422: the tag name is invalid)",
+            "exit 1 with GitHub's reason, not a 404 from the lookup that follows")
+    gh.state.refuse_release = "tag_name is not a valid tag"
+    got, err = _gh_publish(tmp_path, capsys, tag="bad..tag")
+    assert got == 1 and "HTTP 422" in err and "tag_name is not a valid tag" in err, err
+    r.done(f"exit 1: \"{err[:110]}…\"")
+
+
+def test_an_error_body_that_echoes_the_token_is_redacted(row, gh, tmp_path, capsys):  # noqa: F811
+    r = row("a server whose error bodies echo the request headers (Authorization: Bearer <token>)",
+            "the token never printed: '***' in its place")
+    gh.state.echo_headers = True
+    gh.state.refuse_release = "no"
+    got, err = _gh_publish(tmp_path, capsys)
+    assert got == 1 and "request_headers" in err, err
+    assert os.environ["GITHUB_TOKEN"] not in err and "***" in err
+    r.done(f"exit 1, token redacted: \"…{err[err.find('Authorization'):][:60]}…\"")

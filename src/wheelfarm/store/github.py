@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import os
 import re
@@ -36,6 +38,7 @@ from .local import LocalStore
 
 STATE_RE = re.compile(r"^index-state\.(\d+)\.json$")
 MAX_RATE_WAIT_S = 90.0
+MAX_PAGES = 1000  # 100 assets a page: far more than a release holds
 KEEP_STATE_GENERATIONS = 3
 _TARGET_RE = re.compile(r"^(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+)@(?P<tag>[^\s@]+)$")
 
@@ -95,7 +98,7 @@ class GitHubApi:
                         f"(limit {reply.headers.get('X-RateLimit-Limit')}, resets in {wait:.0f}s)",
                         hint="wait for the reset or use a token with a higher limit",
                     )
-                last = PublishFailed(f"HTTP {reply.status}: {reply.body[:200]!r}")
+                last = PublishFailed(f"HTTP {reply.status}: {_redact(reply.body[:200].decode(errors='replace'))}")
                 if wait is not None:
                     time.sleep(wait)
                     continue
@@ -130,9 +133,16 @@ class GitHubApi:
                 stream.close()
 
     def paginate(self, url: str) -> list[Any]:
+        """Follow ``Link: rel="next"``, at most MAX_PAGES pages and never the same URL twice."""
         items: list[Any] = []
         next_url: str | None = url
+        seen: set[str] = set()
         while next_url:
+            if next_url in seen or len(seen) >= MAX_PAGES:
+                why = "links back to a page already read" if next_url in seen else f"goes past {MAX_PAGES} pages"
+                raise PublishFailed(f"GitHub's pagination {why}: {_redact(next_url)}",
+                                    hint="a proxy or API stand-in is rewriting Link headers; check GITHUB_API_URL")
+            seen.add(next_url)
             reply = self.checked("GET", next_url)
             items.extend(reply.json())
             next_url = _next_link(reply.headers.get("Link", ""))
@@ -152,16 +162,39 @@ def expect(reply: Reply, method: str, url: str, ok: tuple[int, ...] = (200,)) ->
         )
     if reply.status not in ok:
         raise PublishFailed(
-            f"GitHub {method} {path}: HTTP {reply.status}: {reply.body[:300].decode(errors='replace')}"
+            f"GitHub {method} {path}: HTTP {reply.status}: {_redact(reply.body[:300].decode(errors='replace'))}"
         )
     return reply
+
+
+def _redact(text: str) -> str:
+    """Error bodies and URLs as printed: the token (and any credential-looking header value) replaced."""
+    token = os.environ.get("GITHUB_TOKEN", "")
+    if token:
+        text = text.replace(token, "***")
+    return re.sub(r"(?i)\b(authorization|bearer|token)([\"':=\s]+)([A-Za-z0-9_\-.]{8,})", r"\1\2***", text)
+
+
+def _retry_after(value: str) -> float:
+    """``Retry-After``: delta-seconds or an HTTP-date (RFC 9110 10.2.3); unreadable: a short wait."""
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 1.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 def _rate_limit_wait(reply: Reply) -> float | None:
     if reply.status not in (403, 429):
         return None
     if reply.headers.get("Retry-After"):
-        return float(reply.headers["Retry-After"])
+        return _retry_after(reply.headers["Retry-After"])
     if reply.headers.get("X-RateLimit-Remaining") == "0":
         return max(0.0, float(reply.headers.get("X-RateLimit-Reset", "0")) - time.time()) + 0.5
     return None
@@ -224,7 +257,12 @@ class GitHubStore:
                 f"github://{self.owner}/{self.repo}: repository not found or the token cannot see it"
             )
         expect(created, "POST", self._repo_path("/releases"), (422,))  # anything else: say what GitHub said
-        return dict(self.api.checked("GET", by_tag).json())  # 422: created by a racing publisher
+        again = self.api.request("GET", by_tag)  # 422: created by a racing publisher, or refused for a reason
+        if again.status == 200:
+            return dict(again.json())
+        raise PublishFailed(f"GitHub refused to create release {self.tag!r} in {self.owner}/{self.repo} (HTTP 422): "
+                            f"{_redact(created.body[:300].decode(errors='replace'))}",
+                            hint="a tag name GitHub accepts, and a token with contents:write")
 
     def _assets(self) -> dict[str, dict[str, Any]]:
         url = self._repo_path(f"/releases/{self.release['id']}/assets?per_page=100")
