@@ -8,9 +8,11 @@ member or a zip bomb would be), the real CLI, the real local store; nothing is m
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -346,3 +348,62 @@ def test_an_error_body_that_echoes_the_token_is_redacted(row, gh, tmp_path, caps
     assert got == 1 and "request_headers" in err, err
     assert os.environ["GITHUB_TOKEN"] not in err and "***" in err
     r.done(f"exit 1, token redacted: \"…{err[err.find('Authorization'):][:60]}…\"")
+
+
+# ------------------------------------------------------------------------------------ S3 refusals (defect 5)
+
+
+class _RefusingS3(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint on 127.0.0.1 that refuses the way AWS does: moto's server enforces no bucket policies and
+    no session tokens, so this small stand-in answers S3's documented error forms (XML bodies; a HEAD has none)."""
+
+    head_status = 200  # HeadBucket
+    put_status, put_code = 403, "AccessDenied"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, code: str = "", message: str = "") -> None:
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+                f"<RequestId>stand-in</RequestId></Error>").encode() if code and self.command != "HEAD" else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        bucket_only = self.path.strip("/").count("/") == 0
+        self._reply(self.head_status if bucket_only else 404)
+
+    def do_GET(self) -> None:
+        self._reply(404, "NoSuchKey", "The specified key does not exist.")
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._reply(self.put_status, self.put_code, "Access Denied")
+
+
+@pytest.mark.parametrize(("fault", "head", "said", "hint"), [
+    ("S3 refuses PutObject (403 AccessDenied: the policy lacks s3:PutObject)", 200, "HTTP 403 AccessDenied",
+     "s3:PutObject"),
+    ("S3 answers 400 to HeadBucket (an invalid or expired session token)", 400, "HTTP 400", "invalid or expired"),
+])
+def test_s3_refusals_give_the_cause_and_a_hint(row, tmp_path, capsys, monkeypatch, fault, head, said, hint):  # noqa: F811
+    r = row(fault, "exit 1 with S3's answer and what to check (credentials, policy); no traceback")
+    handler = type("Handler", (_RefusingS3,), {"head_status": head})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+                           "AWS_DEFAULT_REGION": "us-east-1", "WHEELFARM_RETRY_ATTEMPTS": "1"}.items():
+            monkeypatch.setenv(key, value)
+        wheel = _audited(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY))
+        code = cli.main(["publish", str(wheel), "--to", "s3://mirror/prefix"])
+        err = " ".join(capsys.readouterr().err.split())
+    finally:
+        server.shutdown()
+    assert code == 1 and said in err and hint in err, err
+    assert "Traceback" not in err and "botocore" not in err
+    r.done(f"exit 1: \"{err[err.find('wheelfarm:'):][:120]}…\"")

@@ -26,7 +26,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from ..errors import BadInput
+from ..errors import BadInput, PublishFailed
 from . import STATE_NAME, RetryPolicy, Source, sha256_of, with_retries
 
 T = TypeVar("T")
@@ -97,23 +97,29 @@ class S3Store:
                 hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role "
                 "(the standard boto3 chain)",
             ) from exc
+        except ClientError as exc:  # what S3 refused (not transient): its reason and what to check, no traceback
+            raise self._refused(what, exc) from exc
+
+    def _refused(self, what: str, exc: ClientError) -> Exception:
+        status, code = _status(exc), _code(exc)
+        code = "" if code == str(status) else code
+        message = str(exc.response.get("Error", {}).get("Message", "")) or "(no message: a HEAD has no body)"
+        said = f"{self.description}: {what}: S3 answered HTTP {status}{' ' + code if code else ''}: {message}"
+        if what == "check bucket" and status == 404:
+            return BadInput(f"{self.description}: bucket {self.bucket!r} does not exist at "
+                            f"{self.client.meta.endpoint_url}",
+                            hint="create it, or fix --to / --endpoint-url / AWS_ENDPOINT_URL")
+        if status == 403:
+            return PublishFailed(said, hint="the credentials lack a permission: the policy must allow s3:ListBucket on "
+                                            "the bucket and s3:GetObject/s3:PutObject on the prefix")
+        if status in (400, 401) or code in ("InvalidToken", "ExpiredToken", "InvalidAccessKeyId",
+                                            "SignatureDoesNotMatch"):
+            return PublishFailed(said, hint="the credentials are invalid or expired (AWS_SESSION_TOKEN, "
+                                            "AWS_ACCESS_KEY_ID, AWS_PROFILE): refresh them")
+        return PublishFailed(said, hint="see S3's error above; rerunning is safe")
 
     def _check_bucket(self) -> None:
-        try:
-            self._call("check bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
-        except ClientError as exc:
-            if _status(exc) == 404:
-                raise BadInput(
-                    f"{self.description}: bucket {self.bucket!r} does not exist at "
-                    f"{self.client.meta.endpoint_url}",
-                    hint="create it, or fix --to / --endpoint-url / AWS_ENDPOINT_URL",
-                ) from exc
-            if _status(exc) == 403:
-                raise BadInput(
-                    f"{self.description}: access denied to bucket {self.bucket!r}",
-                    hint="check the credentials' permissions (s3:ListBucket, GetObject, PutObject)",
-                ) from exc
-            raise
+        self._call("check bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
 
     def _put(self, name: str, src: Source, content_type: str, **conditions: str) -> bool:
         """PutObject with S3-verified sha256; False on 412 (a condition did not hold)."""
