@@ -407,3 +407,74 @@ def test_s3_refusals_give_the_cause_and_a_hint(row, tmp_path, capsys, monkeypatc
     assert code == 1 and said in err and hint in err, err
     assert "Traceback" not in err and "botocore" not in err
     r.done(f"exit 1: \"{err[err.find('wheelfarm:'):][:120]}…\"")
+
+
+# ------------------------------------------------------------------------------- --replace (defect 2)
+
+
+def _page_and_file_agree(mirror: Path) -> bool | None:
+    """The project page's sha256 for the wheel against the bytes its link points at (None: no page yet)."""
+    page = mirror / "simple/fixture-attn/index.html"
+    try:
+        text = page.read_text()
+    except FileNotFoundError:
+        return None
+    import hashlib
+    import re
+
+    m = re.search(r'href="([^"#]+\.whl)#sha256=([0-9a-f]{64})"', text)
+    assert m, text
+    target = (page.parent / m.group(1)).resolve()
+    return hashlib.sha256(target.read_bytes()).hexdigest() == m.group(2)
+
+
+def test_replace_is_invisible_until_complete_even_when_killed(row, tmp_path):  # noqa: F811
+    """A 24 MB wheel replaced under polling and under kill -9 at six points: the page always names the sha256 of
+    the file it links, before, during and after, and a rerun completes the replacement."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    from wheelgen import add_member
+
+    r = row("`publish --replace` of a 24 MB wheel, polled, and kill -9'd at 6 random points",
+            "the page's sha256 always matches the linked file (was: 37 of 38 polls disagreed); a rerun completes")
+    mirror = tmp_path / "mirror"
+
+    def big(salt: str) -> Path:
+        w = make_wheel(tmp_path / salt, "fixture-attn", "0.1.0", salt=salt, **PY)
+        return _audited(add_member(w, "fixture_attn/blob.bin", os.urandom(24 * 2**20), zipfile.ZIP_STORED))
+
+    first = big("one")
+    assert cli.main(["publish", str(first), "--to", str(mirror)]) == 0
+    cmd = [sys.executable, "-m", "wheelfarm", "publish", "--replace", "--to", str(mirror)]
+    start = time.monotonic()
+    assert subprocess.run([*cmd, str(big("timed"))], capture_output=True).returncode == 0
+    took = time.monotonic() - start  # one whole replace, start-up included: the kills land inside it
+    polls = disagreements = kills = 0
+    for attempt in range(6):
+        proc = subprocess.Popen([*cmd, str(big(f"kill{attempt}"))], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + random.uniform(0.3, 0.85) * took
+        while time.monotonic() < deadline and proc.poll() is None:
+            polls += 1
+            disagreements += _page_and_file_agree(mirror) is False
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        polls += 1
+        disagreements += _page_and_file_agree(mirror) is False
+    last = big("final")
+    done = subprocess.run([*cmd, str(last)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _page_and_file_agree(mirror) is True and disagreements == 0, (polls, disagreements)
+    assert kills >= 2, f"only {kills} of 6 publishers were still running when killed (a replace took {took:.2f} s)"
+    import hashlib
+
+    page = (mirror / "simple/fixture-attn/index.html").read_text()
+    assert hashlib.sha256(last.read_bytes()).hexdigest() in page
+    assert (mirror / "wheels/fixture-attn" / first.name).read_bytes() == first.read_bytes()  # never overwritten
+    r.done(f"{polls} polls, {disagreements} disagreements, {kills} of 6 publishers killed mid-replace (one "
+           f"takes {took:.1f} s); the rerun replaced it")

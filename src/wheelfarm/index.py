@@ -47,10 +47,11 @@ class Entry:
     metadata_sha256: str | None
     size: int | None = None
     url: str | None = None  # absolute link (GitHub assets); None: relative to the mirror root
+    key: str | None = None  # where the bytes are when not at wheels/<project>/<file> (a --replace: publish.py)
 
     @property
     def path(self) -> str:
-        return f"wheels/{self.project}/{self.file}"
+        return self.key or f"wheels/{self.project}/{self.file}"
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Entry:
@@ -63,6 +64,7 @@ class Entry:
             metadata_sha256=raw.get("metadata_sha256"),
             size=raw.get("size"),
             url=raw.get("url"),
+            key=raw.get("key"),
         )
 
 

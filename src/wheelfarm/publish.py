@@ -24,7 +24,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from packaging.utils import parse_wheel_filename
@@ -161,8 +161,10 @@ def publish(store: Store, paths: Sequence[Path], opts: Options) -> dict[str, str
     wheels = [inspect_wheel(p) for p in paths]
     for w in wheels:  # every refusal happens before anything is written
         check_gates(w, opts)
-    _refuse_shadows(wheels, State.from_bytes(store.read_state()[0]).entries)
-    stored = {w.file: store.sha256(w.store_path) for w in wheels}
+    entries = State.from_bytes(store.read_state()[0]).entries
+    _refuse_shadows(wheels, entries)
+    indexed = {e.file: e for e in entries}  # a replaced wheel's bytes live under its entry's key
+    stored = {w.file: store.sha256(indexed[w.file].path if w.file in indexed else w.store_path) for w in wheels}
     conflicts = [w for w in wheels if stored[w.file] not in (None, w.sha256)]
     if conflicts and not opts.replace:
         w = conflicts[0]
@@ -174,6 +176,10 @@ def publish(store: Store, paths: Sequence[Path], opts: Options) -> dict[str, str
         )
     results = {}
     for w in wheels:
+        done = indexed.get(w.file)
+        if done is not None and done.key and done.sha256 == w.sha256:  # these very bytes, replaced in earlier
+            results[w.file] = "unchanged"
+            continue
         results[w.file] = publish_one(store, w, old_sha256=stored[w.file])
         log.info(f"{results[w.file]}: {w.file} (sha256 {w.sha256[:16]}…) → {store.description}")
     reindex(store)
@@ -195,6 +201,8 @@ def _refuse_shadows(wheels: Sequence[LocalWheel], entries: Sequence[Entry]) -> N
 
 def publish_one(store: Store, w: LocalWheel, *, old_sha256: str | None) -> str:
     replacing = old_sha256 not in (None, w.sha256)
+    if replacing and not store.flat_names:
+        return _replace_keyed(store, w, str(old_sha256))
     if replacing:
         at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         rep = Replacement(w.file, str(old_sha256), w.sha256, at)
@@ -206,7 +214,7 @@ def publish_one(store: Store, w: LocalWheel, *, old_sha256: str | None) -> str:
         _put_strict(store, w.store_path + ".metadata", w.metadata, hashlib.sha256(w.metadata).hexdigest())
     for suffix in SIDE_FILES:
         _put_side_file(store, w, suffix, replacing=replacing)
-    _verify(store, w)
+    _verify(store, w, w.store_path)
     entry = w.entry(store.url_for(w.store_path) if store.absolute_links else None)
     new_entry = False
 
@@ -219,6 +227,30 @@ def publish_one(store: Store, w: LocalWheel, *, old_sha256: str | None) -> str:
     if replacing:
         return "replaced"
     return "published" if new_entry or old_sha256 is None else "unchanged"
+
+
+def replaced_key(w: LocalWheel) -> str:
+    """Where ``--replace`` puts new bytes: a folder of their own (sha256-named), the file name kept for pip."""
+    return f"wheels/{w.project}/replaced/{w.sha256[:16]}/{w.file}"
+
+
+def _replace_keyed(store: Store, w: LocalWheel, old_sha256: str) -> str:
+    """``--replace``, invisible until complete: the new wheel, its .metadata and side files go under their own key
+    (create-only, verified), then ONE compare-and-swap points the entry at them and logs the replacement; pages
+    follow. Until that swap every page links the old bytes, which stay where they were (a kill changes nothing a
+    consumer sees; a rerun completes)."""
+    key = replaced_key(w)
+    _put_strict(store, key, w.path, w.sha256)
+    _put_strict(store, key + ".metadata", w.metadata, hashlib.sha256(w.metadata).hexdigest())
+    for suffix in SIDE_FILES:
+        if w.side_file(suffix).is_file():
+            store.put_new(key + suffix, w.side_file(suffix), "application/json")
+    _verify(store, w, key)
+    entry = replace(w.entry(store.url_for(key) if store.absolute_links else None), key=key)
+    at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    rep = Replacement(w.file, old_sha256, w.sha256, at)
+    update_state(store, lambda s: s.with_replacement(rep).with_entry(entry) if s.get(w.file) != entry else None)
+    return "replaced"
 
 
 def _put_side_file(store: Store, w: LocalWheel, suffix: str, *, replacing: bool) -> None:
@@ -237,10 +269,10 @@ def _put_strict(store: Store, name: str, src: Path | bytes, sha256: str) -> None
         raise PublishFailed(f"{name}: published concurrently with different bytes; this copy was not stored")
 
 
-def _verify(store: Store, w: LocalWheel) -> None:
+def _verify(store: Store, w: LocalWheel, path: str) -> None:
     for name, expected in (
-        (w.store_path, w.sha256),
-        (w.store_path + ".metadata", hashlib.sha256(w.metadata).hexdigest()),
+        (path, w.sha256),
+        (path + ".metadata", hashlib.sha256(w.metadata).hexdigest()),
     ):
         got = store.sha256(name)
         if got != expected:
@@ -288,7 +320,7 @@ def reindex(store: Store) -> int:
 def rescan(store: Store) -> State:
     """Reconcile the state with the stored files: add complete wheels missing from it, drop vanished ones."""
     files = set(store.list_files("wheels/"))
-    wheels = [f for f in files if f.endswith(".whl") and f + ".metadata" in files]
+    wheels = [f for f in files if f.endswith(".whl") and f + ".metadata" in files and "/replaced/" not in f]
 
     def change(state: State) -> State:
         known = {e.path for e in state.entries}

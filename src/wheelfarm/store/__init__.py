@@ -32,6 +32,7 @@ class Store(Protocol):
 
     description: str  # printable, never holds a secret
     absolute_links: bool  # True: index links come from url_for(); False: relative links inside the mirror
+    flat_names: bool  # True: one namespace of file names (GitHub assets), so --replace overwrites in place
 
     def list_files(self, prefix: str = "") -> list[str]: ...
 

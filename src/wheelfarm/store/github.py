@@ -214,6 +214,7 @@ def _asset_name(name: str) -> str:
 
 class GitHubStore:
     absolute_links = True
+    flat_names = True
 
     def __init__(self, api: GitHubApi, owner: str, repo: str, tag: str, pages: LocalStore) -> None:
         self.api, self.owner, self.repo, self.tag, self.pages = api, owner, repo, tag, pages
@@ -321,10 +322,14 @@ class GitHubStore:
         return self._upload(_asset_name(name), src, content_type)
 
     def overwrite(self, name: str, src: Source, content_type: str) -> None:
+        """Delete, then upload (release assets cannot be swapped in one step: the one window where a link fails,
+        so a failed upload is an error, never ignored; the local and S3 stores replace under a new key)."""
         asset = self._asset(name)
         if asset is not None:
             self._delete(asset)
-        self._upload(_asset_name(name), src, content_type)
+        if not self._upload(_asset_name(name), src, content_type):
+            raise PublishFailed(f"{self.description}: {_asset_name(name)} was deleted for the replacement, but the "
+                                "new upload did not complete", hint="rerun the same publish --replace")
 
     def sha256(self, name: str) -> str | None:
         asset = self._asset(name)

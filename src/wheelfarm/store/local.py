@@ -30,6 +30,7 @@ LOCK_TIMEOUT_S = 120.0
 
 class LocalStore:
     absolute_links = False
+    flat_names = False
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -57,6 +57,7 @@ def _transient(exc: BaseException) -> bool:
 
 class S3Store:
     absolute_links = False
+    flat_names = False
 
     def __init__(self, bucket: str, prefix: str, client: Any, retry: RetryPolicy) -> None:
         self.bucket = bucket
