@@ -21,6 +21,7 @@ import pytest
 
 from test_faults import row, table  # noqa: F401 (fixtures: the shared fault table)
 from test_store_github import gh  # noqa: F401 (fixture: the GitHub releases stand-in)
+from test_store_s3 import make_bucket, moto_endpoint, s3_env  # noqa: F401 (fixtures: moto's S3 server)
 from wheelfarm import cli
 from wheelgen import make_wheel, write_result
 
@@ -478,3 +479,46 @@ def test_replace_is_invisible_until_complete_even_when_killed(row, tmp_path):  #
     assert (mirror / "wheels/fixture-attn" / first.name).read_bytes() == first.read_bytes()  # never overwritten
     r.done(f"{polls} polls, {disagreements} disagreements, {kills} of 6 publishers killed mid-replace (one "
            f"takes {took:.1f} s); the rerun replaced it")
+
+
+# --------------------------------------------------------------------- pages of vanished wheels (defect 8)
+
+
+def test_rescan_removes_the_pages_of_vanished_wheels(row, tmp_path, capsys):  # noqa: F811
+    r = row("the wheels of one project and variant vanish from the mirror, then `index --rescan`",
+            "their project and variant pages are deleted; the other project's stay; no wheel is touched")
+    mirror = tmp_path / "mirror"
+    keep = _audited(make_wheel(tmp_path / "a", "fixture-attn", "0.1.0+cu13.keep", **PY))
+    gone = _audited(make_wheel(tmp_path / "b", "other-attn", "0.1.0+cu12.gone", **PY))
+    assert cli.main(["publish", str(keep), str(gone), "--to", str(mirror)]) == 0
+    assert (mirror / "cu12.gone/simple/other-attn/index.html").is_file()
+    for f in (mirror / "wheels/other-attn").iterdir():
+        f.unlink()
+    assert cli.main(["index", "--to", str(mirror), "--rescan"]) == 0
+    capsys.readouterr()
+    left = sorted(p.relative_to(mirror).as_posix() for p in mirror.rglob("*") if p.is_file())
+    assert not [p for p in left if "other-attn" in p or "cu12.gone" in p], left
+    assert "cu13.keep/simple/fixture-attn/index.html" in left and f"wheels/fixture-attn/{keep.name}" in left
+    assert "cu12.gone" not in (mirror / "index.html").read_text()
+    r.done(f"{len(left)} files left, none of the vanished project's or variant's")
+
+
+def test_rescan_removes_stale_pages_on_s3_too(row, s3_env, tmp_path, capsys):  # noqa: F811
+    import boto3
+
+    r = row("the same on S3 (moto on 127.0.0.1): a vanished project's wheels, then `index --rescan`",
+            "its page objects (index.html, index.json and the directory key) are deleted")
+    bucket = make_bucket(s3_env)
+    target = f"s3://{bucket}/m"
+    gone = _audited(make_wheel(tmp_path / "b", "other-attn", "0.1.0", **PY))
+    keep = _audited(make_wheel(tmp_path / "a", "fixture-attn", "0.1.0", **PY))
+    assert cli.main(["publish", str(keep), str(gone), "--to", target]) == 0
+    s3 = boto3.client("s3", endpoint_url=s3_env)
+    for key in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="m/wheels/other-attn/")["Contents"]]:
+        s3.delete_object(Bucket=bucket, Key=key)
+    assert cli.main(["index", "--to", target, "--rescan"]) == 0
+    capsys.readouterr()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="m/").get("Contents", [])]
+    assert not [k for k in keys if "other-attn" in k], keys
+    assert "m/simple/fixture-attn/index.html" in keys
+    r.done(f"{len(keys)} objects left, none of other-attn's")

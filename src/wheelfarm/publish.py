@@ -23,7 +23,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -309,12 +309,30 @@ def reindex(store: Store) -> int:
         pages = build_pages(State.from_bytes(data).entries)
         for path in sorted(pages, key=lambda p: (-p.count("/"), p)):  # project pages before the lists
             store.write_page(path, pages[path], content_type(path))
-        if store.read_state()[1] == token:
-            return len(pages)
+        if store.read_state()[1] != token:
+            continue
+        for stale in stale_pages(_page_files(store), pages):  # the lists no longer link them: now they can go
+            store.delete_page(stale)
+        return len(pages)
     raise PublishFailed(
         f"{store.description}: the index state kept changing while the pages were written",
         hint="rerun `wheelfarm index --to …` when the publishers are done",
     )
+
+
+def _page_files(store: Store) -> list[str]:
+    pages = getattr(store, "pages", None)  # GitHub: the pages live in a local folder beside the release
+    return list((pages or store).list_files(""))
+
+
+def stale_pages(existing: Sequence[str], pages: Mapping[str, bytes]) -> list[str]:
+    """Index pages in the store that the state no longer produces (a project or variant whose wheels vanished).
+    Only page names (``…/simple/…/index.html|json`` and the root ``index.html``) are candidates, never wheels."""
+    def is_page(name: str) -> bool:
+        parts = name.split("/")
+        return name == "index.html" or ("simple" in parts[:2] and parts[-1] in ("index.html", "index.json"))
+
+    return sorted(n for n in existing if is_page(n) and not n.startswith("wheels/") and n not in pages)
 
 
 def rescan(store: Store) -> State:

@@ -46,6 +46,10 @@ class Store(Protocol):
         """Replace an existing file (``publish --replace`` only)."""
         ...
 
+    def delete_page(self, name: str) -> None:
+        """Remove an index page no longer produced (``reindex``: a vanished project or variant); never a wheel."""
+        ...
+
     def sha256(self, name: str) -> str | None:
         """Hex sha256 of the stored bytes (as the store reports or recomputes them), None if absent."""
         ...

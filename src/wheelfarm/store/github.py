@@ -366,6 +366,9 @@ class GitHubStore:
     def write_page(self, name: str, data: bytes, content_type: str) -> None:
         self.pages.write_page(name, data, content_type)
 
+    def delete_page(self, name: str) -> None:
+        self.pages.delete_page(name)
+
     def url_for(self, name: str) -> str:
         asset = self._asset(name)
         if asset is not None:

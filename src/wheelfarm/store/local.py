@@ -80,6 +80,12 @@ class LocalStore:
     def write_page(self, name: str, data: bytes, content_type: str) -> None:
         self.overwrite(name, data, content_type)
 
+    def delete_page(self, name: str) -> None:
+        path = self._path(name)
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its folder, once empty (a vanished project's simple/<project>/)
+            path.parent.rmdir()
+
     def sha256(self, name: str) -> str | None:
         path = self._path(name)
         return sha256_of(path) if path.is_file() else None

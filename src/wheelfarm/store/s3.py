@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import urllib.parse
@@ -183,6 +184,11 @@ class S3Store:
         self._put(name, data, content_type)
         if name.endswith("/index.html"):
             self._put(name[: -len("index.html")], data, content_type)
+
+    def delete_page(self, name: str) -> None:
+        keys = [self._key(name)] + ([self._key(name[: -len("index.html")])] if name.endswith("/index.html") else [])
+        for key in keys:
+            self._call(f"delete {name}", functools.partial(self.client.delete_object, Bucket=self.bucket, Key=key))
 
     def sha256(self, name: str) -> str | None:
         def attempt() -> str | None:
