@@ -19,7 +19,7 @@ from rich.markup import escape
 from .errors import WheelfarmError
 
 # Add a command by adding its module name here (module: wheelfarm/commands/<name>.py).
-COMMANDS = ["matrix", "name", "build", "audit", "publish", "index", "resolve", "gpu_test", "bench", "plan"]
+COMMANDS = ["matrix", "name", "build", "audit", "publish", "index", "serve", "resolve", "gpu_test", "bench", "plan"]
 
 err_console = Console(stderr=True, highlight=False)
 

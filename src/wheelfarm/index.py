@@ -228,4 +228,7 @@ def _json(doc: Any) -> bytes:
 
 
 def content_type(path: str) -> str:
+    """What a store labels a page with (S3 serves objects with their stored type: the JSON pages say PEP 691's)."""
+    if path.endswith("index.json"):
+        return "application/vnd.pypi.simple.v1+json"
     return "application/json" if path.endswith(".json") else "text/html; charset=utf-8"
