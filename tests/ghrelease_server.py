@@ -356,6 +356,30 @@ def _handler(state: StandInState) -> type[BaseHTTPRequestHandler]:
                 )
             return self._json(201, asset_doc)
 
+        def do_PATCH(self) -> None:
+            """Update a release asset (REST: PATCH /repos/{owner}/{repo}/releases/assets/{asset_id}): its name."""
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            if not self._authorized() or self._rate_limited():
+                return None
+            m = re.fullmatch(r"/repos/([^/]+/[^/]+)/releases/assets/(\d+)", path)
+            if not m:
+                return self._error(404, "Not Found")
+            name = json.loads(self._body() or b"{}").get("name", "")
+            with state.lock:
+                asset = state.assets.get(int(m[2]))
+                taken = asset is not None and any(
+                    a.name == name and a.release_id == asset.release_id and a.id != asset.id
+                    for a in state.assets.values())
+                if asset is not None and not taken:
+                    asset.name = name
+                doc = self._asset_json(asset) if asset is not None and not taken else None
+            if asset is None:
+                return self._error(404, "Not Found")
+            if doc is None:
+                return self._error(422, "Validation Failed",
+                                   [{"resource": "ReleaseAsset", "code": "already_exists", "field": "name"}])
+            return self._json(200, doc)
+
         def do_DELETE(self) -> None:
             path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
             if not self._authorized() or self._rate_limited():

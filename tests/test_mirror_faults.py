@@ -522,3 +522,26 @@ def test_rescan_removes_stale_pages_on_s3_too(row, s3_env, tmp_path, capsys):  #
     assert not [k for k in keys if "other-attn" in k], keys
     assert "m/simple/fixture-attn/index.html" in keys
     r.done(f"{len(keys)} objects left, none of other-attn's")
+
+
+def test_github_replace_uploads_before_it_deletes(row, gh, tmp_path, capsys):  # noqa: F811
+    r = row("`publish --replace` to a GitHub release", "the new asset is uploaded under a staging name first, then "
+            "the old one deleted and the new one renamed (PATCH): no window of a whole upload with no asset")
+    first = _audited(make_wheel(tmp_path / "a", "fixture-attn", "0.1.0", **PY))
+    target = ["--to", "github://acme/wheels@v1", "--pages-dir", str(tmp_path / "p")]
+    assert cli.main(["publish", str(first), *target]) == 0
+    second = _audited(make_wheel(tmp_path / "b", "fixture-attn", "0.1.0", salt="new bytes", **PY))
+    start = len(gh.state.log)
+    assert cli.main(["publish", "--replace", str(second), *target]) == 0, capsys.readouterr().err
+    order = [m for m, _, s in gh.state.log[start:] if m != "GET" and s < 300]
+    wheel_upload = next(i for i, (m, p, _) in enumerate(gh.state.log[start:]) if m == "POST"
+                        and "replacing" in p)
+    first_delete = next(i for i, (m, _, _) in enumerate(gh.state.log[start:]) if m == "DELETE")
+    assert wheel_upload < first_delete and "PATCH" in order
+    names = gh.asset_names()
+    assert second.name in names and not [n for n in names if "replacing" in n], names
+    page = (tmp_path / "p/simple/fixture-attn/index.html").read_text()
+    import hashlib
+
+    assert hashlib.sha256(second.read_bytes()).hexdigest() in page
+    r.done(f"upload (staging) before delete, then rename; {len(names)} assets, none left staging")

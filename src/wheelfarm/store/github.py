@@ -21,6 +21,7 @@ import email.utils
 import json
 import os
 import re
+import secrets
 import time
 import urllib.error
 import urllib.parse
@@ -322,14 +323,22 @@ class GitHubStore:
         return self._upload(_asset_name(name), src, content_type)
 
     def overwrite(self, name: str, src: Source, content_type: str) -> None:
-        """Delete, then upload (release assets cannot be swapped in one step: the one window where a link fails,
-        so a failed upload is an error, never ignored; the local and S3 stores replace under a new key)."""
-        asset = self._asset(name)
-        if asset is not None:
-            self._delete(asset)
-        if not self._upload(_asset_name(name), src, content_type):
-            raise PublishFailed(f"{self.description}: {_asset_name(name)} was deleted for the replacement, but the "
-                                "new upload did not complete", hint="rerun the same publish --replace")
+        """Upload the new bytes under a staging name, delete the old asset, rename the new one into its place
+        (PATCH): release assets cannot be swapped in one step, so a link can fail only between those two quick
+        calls, never for a whole upload, and a failed step is an error (rerun), never ignored. (The local and
+        S3 stores replace under a new key instead: no window at all.)"""
+        final = _asset_name(name)
+        staging = f"{final}.replacing-{secrets.token_hex(4)}"
+        if not self._upload(staging, src, content_type):
+            raise PublishFailed(f"{self.description}: could not upload the replacement of {final}",
+                                hint="rerun the same publish --replace")
+        assets = self._assets()
+        if final in assets:
+            self._delete(assets[final])
+        renamed = self.api.request("PATCH", self._repo_path(f"/releases/assets/{assets[staging]['id']}"),
+                                   body=json.dumps({"name": final}).encode(),
+                                   headers={"Content-Type": "application/json"})
+        expect(renamed, "PATCH", self._repo_path("/releases/assets/…"), (200,))
 
     def sha256(self, name: str) -> str | None:
         asset = self._asset(name)
