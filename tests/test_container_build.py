@@ -579,3 +579,11 @@ def test_each_run_labels_its_container():
     assert f"--label={cibw.RUN_LABEL}=abc123" in plan.table()["container-engine"]["create-args"]
     assert not any(a.startswith("--label") for a in _plan().table()["container-engine"]["create-args"])
     assert Engine("chroot", "/bin/bash").remove_labelled(cibw.RUN_LABEL, "abc123") == []
+
+
+def test_a_failing_step_of_a_hook_stops_the_steps_script():
+    """cibuildwheel runs a hook with `sh -c "a && b"`: a failing a fails the build. Under the script's set -e an
+    && list would not, so steps.py wraps each hook: the script must stop there."""
+    text = "set -eo pipefail\n(\n" + steps._hook(["false", "echo reached"]) + "\necho after\n)\necho outside\n"
+    out = subprocess.run(["bash", "-c", text], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stdout == "", out.stdout

@@ -105,9 +105,11 @@ def test_a_label_that_pep440_normalizes_is_refused_and_the_index_stays_usable(ro
     r.done(f"exit 2: \"{err[:90]}…\"; the normalized wheel then published and indexed")
 
 
-def test_a_label_named_like_a_mirror_folder_is_refused(row, tmp_path, capsys):  # noqa: F811
-    r = row("local label 'simple' (its variant index would be simple/simple/)", "exit 2, nothing written")
-    got, err = _publish(_audited(make_wheel(tmp_path, "fixture-attn", "1.0+simple", **PY)), tmp_path / "m", capsys)
+@pytest.mark.parametrize("label", ["simple", "index.html"])
+def test_a_label_named_like_a_mirror_folder_is_refused(row, tmp_path, capsys, label):  # noqa: F811
+    r = row(f"local label {label!r} (its variant folder would be {label}/ at the mirror's top level)",
+            "exit 2, nothing written")
+    got, err = _publish(_audited(make_wheel(tmp_path, "fixture-attn", f"1.0+{label}", **PY)), tmp_path / "m", capsys)
     assert got == 2 and "folder of the mirror" in err, err
     assert not (tmp_path / "m").exists()
     r.done(f"exit 2: \"{err[:80]}…\"")
@@ -151,6 +153,17 @@ def _stored(w: Path) -> Path:
     return w
 
 
+def _bad_deflate(w: Path) -> Path:
+    """Bytes in the middle of a compressed member overwritten: zlib fails (or the CRC does), never a traceback."""
+    with zipfile.ZipFile(w) as zf:
+        info = max(zf.infolist(), key=lambda i: i.compress_size)
+    data = bytearray(w.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 2: start + 2 + 8] = b"\xff" * 8
+    w.write_bytes(bytes(data))
+    return w
+
+
 def _record_mismatch(w: Path) -> Path:
     return _rewritten(w, lambda name, data: data.replace(b"stand-in payload", b"swapped payload!") if
                       name.endswith("__init__.py") else data)
@@ -183,6 +196,7 @@ def _huge_metadata(w: Path) -> Path:
     ("a truncated download (half the bytes)", _truncated, "not a valid zip file"),
     ("an HTML error page saved as .whl", _not_a_zip, "not a valid zip file"),
     ("a member with a bad CRC (stored, one byte flipped)", lambda w: _bad_crc(_stored(w)), "fails its CRC check"),
+    ("a member whose deflate stream is damaged", _bad_deflate, "refused fixture_attn-0.1.0-py3-py3-any.whl"),
     ("a member whose bytes differ from RECORD", _record_mismatch, "does not match its RECORD entry"),
     ("the dist-info of another project under this name", _other_project, "dist-info"),
     ("a zip bomb (64 MiB of zeros in one member)", _zip_bomb, "zip bomb"),
@@ -545,3 +559,44 @@ def test_github_replace_uploads_before_it_deletes(row, gh, tmp_path, capsys):  #
 
     assert hashlib.sha256(second.read_bytes()).hexdigest() in page
     r.done(f"upload (staging) before delete, then rename; {len(names)} assets, none left staging")
+
+
+def test_a_record_with_sha512_is_accepted(tmp_path, capsys):
+    """The wheel spec allows any hash "sha256 or better" in RECORD: a sha512 RECORD is a good wheel."""
+    import base64
+    import hashlib
+
+    w = make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY)
+
+    def to_sha512(name: str, data: bytes) -> bytes:
+        if not name.endswith("/RECORD"):
+            return data
+        with zipfile.ZipFile(w) as zf:
+            members = {i.filename: zf.read(i) for i in zf.infolist()}
+        rows = []
+        for line in data.decode().splitlines():
+            path, _, _ = line.split(",")
+            if path == name:
+                rows.append(line)
+                continue
+            digest = base64.urlsafe_b64encode(hashlib.sha512(members[path]).digest()).rstrip(b"=").decode()
+            rows.append(f"{path},sha512={digest},{len(members[path])}")
+        return ("\n".join(rows) + "\n").encode()
+
+    assert _publish(_rewritten(w, to_sha512), tmp_path / "mirror", capsys)[0] == 0
+
+
+def test_rescan_keeps_a_replacement(tmp_path, capsys):
+    """`index --rescan` after a keyed --replace: the original bytes at wheels/<p>/<file> are not a new wheel."""
+    mirror = tmp_path / "mirror"
+    first = _audited(make_wheel(tmp_path / "a", "fixture-attn", "0.1.0", **PY))
+    second = _audited(make_wheel(tmp_path / "b", "fixture-attn", "0.1.0", salt="new", **PY))
+    assert cli.main(["publish", str(first), "--to", str(mirror)]) == 0
+    assert cli.main(["publish", "--replace", str(second), "--to", str(mirror)]) == 0
+    assert cli.main(["index", "--to", str(mirror), "--rescan"]) == 0
+    capsys.readouterr()
+    import hashlib
+
+    state = json.loads((mirror / "index-state.json").read_text())
+    (entry,) = state["entries"]
+    assert entry["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest() and "/replaced/" in entry["key"]

@@ -38,6 +38,7 @@ LABEL = "cu13torch2.14cxx11abiTRUE"
     ("text/*;q=0.5", "text/html"),
     ("application/json", None),
     (f"{JSON};q=0", None),
+    (f"{JSON};q=0, */*", HTML_V1),  # an explicit q=0 beats the wildcard (RFC 9110: the most specific range)
 ])
 def test_negotiation_follows_pep_691(accept, want):
     assert negotiate(accept) == want
@@ -82,7 +83,9 @@ def test_the_same_url_serves_json_or_html_by_accept(row, served):  # noqa: F811
     status, ctype, body = _get(page, None)
     assert status == 200 and ctype.startswith("text/html") and b"#sha256=" in body
     assert _get(page, "text/plain")[0] == 406
-    r.done("JSON 200 (1 file, sha256), HTML 200, 406")
+    status, ctype, body = _get(f"{base}/", JSON)  # the home page has no JSON form: HTML, not a dropped connection
+    assert status == 200 and ctype.startswith("text/html") and b"simple/" in body
+    r.done("JSON 200 (1 file, sha256), HTML 200, 406; the home page HTML even when JSON is preferred")
 
 
 def _fresh_venv(path: Path) -> Path:

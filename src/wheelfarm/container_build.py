@@ -153,7 +153,7 @@ class RunnerTools:
     """A runner's own torch (``--python``) and CUDA toolkit (``--cuda-home``), mounted into the build root."""
 
     python: Path | None = None
-    purelib: Path | None = None  # the interpreter's site-packages (torch and what it needs)
+    purelib: Path | None = None  # the site-packages folder torch is imported from (and what it needs)
     torch_version: str | None = None  # exact, with its local label: "2.11.0+cu130"
     cuda_home: Path | None = None  # resolved: mounted at the same path
     cuda: str | None = None  # its nvcc's "13.0"
@@ -176,9 +176,10 @@ def runner_tools(cell: Cell, python: Path | None, cuda_home: Path | None) -> Run
     if python is not None:
         facts = toolchain.probe_torch(python)
         version, torch_cuda = str(facts["torch"]), str(facts["cuda"] or "")
-        out = proc.run([str(python), "-c", "import sys, sysconfig; print('%d.%d' % sys.version_info[:2]); "
-                        "print(sysconfig.get_path('purelib'))"], capture=True, quiet=True)
-        py_version, purelib = out.stdout.split()[-2:]
+        out = proc.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                       capture=True, quiet=True)
+        py_version = out.stdout.split()[-1]
+        purelib = str(Path(str(facts["lib"])).parent.parent)  # where torch is imported from (purelib or platlib)
         if py_version != cell.python:
             raise BadInput(f"--python {python} is Python {py_version}, the cell needs {cell.python}",
                            hint="add --select python=" + py_version)

@@ -312,8 +312,12 @@ def reindex(store: Store) -> int:
         if store.read_state()[1] != token:
             continue
         for stale in stale_pages(_page_files(store), pages):  # the lists no longer link them: now they can go
-            store.delete_page(stale)
-        return len(pages)
+            try:
+                store.delete_page(stale)
+            except PublishFailed as exc:  # e.g. no s3:DeleteObject: an unlinked page is harmless, say so
+                log.warn(f"could not delete the stale page {stale}: {exc.message}")
+        if store.read_state()[1] == token:  # another publisher may have written pages meanwhile: redo them
+            return len(pages)
     raise PublishFailed(
         f"{store.description}: the index state kept changing while the pages were written",
         hint="rerun `wheelfarm index --to …` when the publishers are done",
@@ -328,9 +332,12 @@ def _page_files(store: Store) -> list[str]:
 def stale_pages(existing: Sequence[str], pages: Mapping[str, bytes]) -> list[str]:
     """Index pages in the store that the state no longer produces (a project or variant whose wheels vanished).
     Only page names (``…/simple/…/index.html|json`` and the root ``index.html``) are candidates, never wheels."""
-    def is_page(name: str) -> bool:
+    def is_page(name: str) -> bool:  # simple/[<project>/]index.*, <variant>/simple/[<project>/]index.*, index.html
         parts = name.split("/")
-        return name == "index.html" or ("simple" in parts[:2] and parts[-1] in ("index.html", "index.json"))
+        if parts[-1] not in ("index.html", "index.json"):
+            return name == "index.html"
+        depth = len(parts) - (parts.index("simple") if "simple" in parts[:2] else 99)
+        return name == "index.html" or depth in (2, 3)
 
     return sorted(n for n in existing if is_page(n) and not n.startswith("wheels/") and n not in pages)
 
@@ -342,8 +349,9 @@ def rescan(store: Store) -> State:
 
     def change(state: State) -> State:
         known = {e.path for e in state.entries}
+        known_files = {e.file for e in state.entries}  # a replaced wheel's original bytes are not a new wheel
         new = state.without(e.file for e in state.entries if e.path not in files)
-        for path in sorted(set(wheels) - known):
+        for path in sorted(p for p in set(wheels) - known if p.rsplit("/", 1)[-1] not in known_files):
             new = new.with_entry(_entry_from_store(store, path))
         return new
 

@@ -18,11 +18,8 @@ HTML_V1 = "application/vnd.pypi.simple.v1+html"
 OFFERED = (JSON, HTML_V1, "text/html")  # the server's own preference when q-values tie
 
 
-def negotiate(accept: str | None) -> str | None:
-    """The media type to send for a page (PEP 691), or None for 406."""
-    if not accept or not accept.strip():
-        return "text/html"
-    best: tuple[float, int, str] | None = None
+def _ranges(accept: str) -> list[tuple[str, float]]:
+    out = []
     for item in accept.split(","):
         media, *params = (p.strip() for p in item.split(";"))
         q = 1.0
@@ -33,11 +30,28 @@ def negotiate(accept: str | None) -> str | None:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        for rank, offered in enumerate(OFFERED):
-            if q > 0 and media in (offered, "*/*", offered.split("/")[0] + "/*"):
-                candidate = (q, -rank, offered)
-                best = candidate if best is None or candidate > best else best
-    return best[2] if best else None
+        if media:
+            out.append((media.lower(), q))
+    return out
+
+
+def _quality(offered: str, ranges: list[tuple[str, float]]) -> float:
+    """The q of the most specific range matching ``offered`` (RFC 9110 12.5.1: exact > type/* > */*)."""
+    kind = offered.split("/")[0]
+    for wanted in (offered, f"{kind}/*", "*/*"):
+        found = [q for media, q in ranges if media == wanted]
+        if found:
+            return max(found)
+    return 0.0
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The media type to send for a page (PEP 691), or None for 406."""
+    if not accept or not accept.strip():
+        return "text/html"
+    ranges = _ranges(accept)
+    scored = [(q, -rank, offered) for rank, offered in enumerate(OFFERED) if (q := _quality(offered, ranges)) > 0]
+    return max(scored)[2] if scored else None
 
 
 class MirrorHandler(http.server.SimpleHTTPRequestHandler):
@@ -51,6 +65,8 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
         if media is None:
             self.send_error(406, f"offers {', '.join(OFFERED)}")
             return None
+        if media == JSON and not (folder / "index.json").is_file():  # the mirror's home page has no JSON form
+            media = "text/html"
         page = folder / ("index.json" if media == JSON else "index.html")
         data = open(page, "rb")  # noqa: SIM115 (http.server closes it after copyfile)
         self.send_response(200)

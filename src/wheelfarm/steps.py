@@ -14,6 +14,7 @@ set, the repair's ``{wheel}``, ``{dest_dir}`` and ``{package}`` filled in). Pure
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from .cibw import GroupPlan, identifier
 from .matrix import Cell
@@ -24,11 +25,10 @@ BUILT = "/tmp/wheelfarm-built"
 
 
 def _hook(lines: object) -> str:
-    """A cibuildwheel hook (a string or a list joined with &&, as cibuildwheel does)."""
-    if isinstance(lines, str):
-        return lines
-    assert isinstance(lines, Sequence)
-    return " && ".join(str(line) for line in lines)
+    """A cibuildwheel hook (a string or a list joined with &&, as cibuildwheel does), made to stop the script at
+    its first failing step as cibuildwheel's ``sh -c`` does (``set -e`` ignores all but the last of an && list)."""
+    steps = [lines] if isinstance(lines, str) else list(cast(Sequence[str], lines))
+    return f"{{ {' && '.join(steps)}\n}} || exit $?"
 
 
 def _python_block(table: Mapping[str, object], cell: Cell, first: bool) -> list[str]:
@@ -46,7 +46,8 @@ def _python_block(table: Mapping[str, object], cell: Cell, first: bool) -> list[
     if table.get("before-build"):
         lines.append(_hook(table["before-build"]))
     lines += [f"rm -rf {BUILT} && mkdir -p {BUILT} {OUTPUT}",
-              f"cd {PROJECT} && python -m build --wheel --no-isolation --skip-dependency-check --outdir {BUILT} .",
+              f"cd {PROJECT} && python -m build --wheel --no-isolation --skip-dependency-check --outdir {BUILT} . "
+              "|| exit $?",
               f'wheel=$(ls {BUILT}/*.whl)', repair, ")"]
     return lines
 

@@ -22,6 +22,7 @@ import hashlib
 import io
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,11 @@ MAX_MEMBER = 4 * 2**30  # bytes uncompressed: flash-attn's .so is ~0.5 GB for al
 MAX_TOTAL = 16 * 2**30
 MAX_RATIO = 200  # uncompressed / compressed for members over 1 MiB (CUDA fatbins compress ~3-10x)
 MAX_METADATA = 1 * 2**20  # PyPI caps a METADATA file far lower; a mirror serves it as <file>.metadata
-RESERVED_LABELS = frozenset({"simple", "wheels"})  # top-level folders of the mirror (index.py, store layout)
+# names at the mirror's top level (index.py, the stores): a variant folder of that name would replace or break them
+RESERVED_LABELS = frozenset({"simple", "wheels", "index.html", "index.json", "index-state.json", "probe.py"})
 PROJECT_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508 names
 CHUNK = 1 << 20
+RECORD_HASHES = frozenset({"sha256", "sha384", "sha512", "sha3_256", "sha3_384", "sha3_512", "blake2b"})
 
 
 @dataclass(frozen=True)
@@ -100,13 +103,17 @@ def check_zip(path: Path, identity: Identity) -> bytes:
             if broken is not None:
                 raise _bad(path, f"member {broken} fails its CRC check (a damaged or tampered file)")
             dist_info = _dist_info(path, infos, identity)
+            size = zf.getinfo(f"{dist_info}/METADATA").file_size
+            if size > MAX_METADATA:
+                raise _bad(path, f"METADATA is {size} bytes (the limit is {MAX_METADATA})")
             metadata = zf.read(f"{dist_info}/METADATA")
             _check_metadata(path, metadata, identity)
             _check_record(path, zf, infos, dist_info)
     except zipfile.BadZipFile as exc:
         raise _bad(path, f"not a valid zip file ({exc}): empty, truncated or not a wheel") from exc
-    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as exc:
-        raise _bad(path, f"cannot read it as a zip ({exc})") from exc
+    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError, zlib.error, RuntimeError, ValueError,
+            csv.Error) as exc:  # damaged deflate data, encrypted members, a RECORD that is not UTF-8 CSV
+        raise _bad(path, f"cannot read it as a wheel's zip ({type(exc).__name__}: {exc})") from exc
     return metadata
 
 
@@ -162,15 +169,15 @@ def _check_record(path: Path, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo],
         raise _bad(path, f"no {record_name}") from None
     listed = {row[0]: row[1:] for row in csv.reader(io.StringIO(text)) if row}
     for info in infos:
-        if info.is_dir() or info.filename == record_name or info.filename.endswith((".jws", ".p7s")):
+        if info.is_dir() or info.filename in (record_name, f"{record_name}.jws", f"{record_name}.p7s"):
             continue
         if info.filename not in listed:
             raise _bad(path, f"member {info.filename} is not in RECORD")
         hash_field, size_field = (listed[info.filename] + ["", ""])[:2]
         algo, _, want = hash_field.partition("=")
-        if algo != "sha256":
-            raise _bad(path, f"RECORD has no sha256 for {info.filename}")
-        digest = hashlib.sha256()
+        if algo not in RECORD_HASHES:  # the spec: sha256 or better; md5/sha1 are refused, as pip refuses them
+            raise _bad(path, f"RECORD has no sha256-or-better hash for {info.filename} ({algo or 'none'})")
+        digest = hashlib.new(algo)
         with zf.open(info) as member:
             while chunk := member.read(CHUNK):
                 digest.update(chunk)

@@ -34,7 +34,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-home", type=Path, help="reuse this CUDA toolkit instead of the PyPI-assembled one "
                                                        "(in a container: mounted at the same path)")
     parser.add_argument("--max-jobs", type=int, help="upper bound for MAX_JOBS (the planner may choose fewer)")
-    parser.add_argument("--no-audit", action="store_true", help="skip the audit of each built wheel")
+    parser.add_argument("--no-audit", action="store_true",
+                        help="skip the audit of each built wheel (on the host backend also its repair)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
 
 

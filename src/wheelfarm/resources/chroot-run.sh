@@ -11,7 +11,8 @@
 # The environment inside is ROOT/etc/wheelfarm/image.env (KEY=VALUE lines, like an image's ENV) plus -e.
 # Needs root (or a user namespace with mount rights), util-linux unshare, chroot.
 set -euo pipefail
-if [[ -z ${WHEELFARM_CHROOT_NS:-} ]]; then
+if [[ -z ${WHEELFARM_CHROOT_NS:-} || $$ -ne 1 ]]; then  # not yet PID 1 of our own namespaces (an inherited
+  # WHEELFARM_CHROOT_NS must never make the mounts below land in the caller's namespace)
   # --kill-child: if this script is killed, everything started inside is killed too (no stray compilers)
   exec unshare --mount --pid --fork --kill-child --propagation private env WHEELFARM_CHROOT_NS=1 bash "$0" "$@"
 fi
@@ -32,7 +33,12 @@ done
 (($#)) || usage
 
 bind() {  # $1 = host path, $2 = path inside the root, $3 = "ro" or ""
-  local dst=$root$2
+  local dst=$root$2 resolved
+  resolved=$(realpath -m "$dst")
+  if [[ $resolved != "$(realpath -m "$root")"/* ]]; then  # e.g. the root's /usr/local/cuda -> /etc/alternatives/..
+    [[ ${4:-} == optional ]] && return 0
+    echo "chroot-run: $2 resolves outside the root ($resolved): refusing to mount there" >&2; exit 2
+  fi
   if [[ -d $1 ]]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")"; [[ -e $dst ]] || : >"$dst"; fi
   mount --rbind "$1" "$dst"
   [[ $3 != ro ]] || mount -o remount,bind,ro "$dst"
@@ -40,7 +46,7 @@ bind() {  # $1 = host path, $2 = path inside the root, $3 = "ro" or ""
 mount -t proc proc "$root/proc"
 bind /dev /dev ""
 bind /sys /sys ro
-[[ -f /etc/resolv.conf ]] && bind /etc/resolv.conf /etc/resolv.conf ro
+[[ -f /etc/resolv.conf ]] && bind /etc/resolv.conf /etc/resolv.conf ro optional
 for spec in "${mounts[@]}"; do
   IFS=: read -r src dst mode <<<"$spec"
   [[ -e $src ]] || { echo "chroot-run: mount source $src does not exist" >&2; exit 2; }

@@ -324,10 +324,15 @@ class GitHubStore:
 
     def overwrite(self, name: str, src: Source, content_type: str) -> None:
         """Upload the new bytes under a staging name, delete the old asset, rename the new one into its place
-        (PATCH): release assets cannot be swapped in one step, so a link can fail only between those two quick
-        calls, never for a whole upload, and a failed step is an error (rerun), never ignored. (The local and
-        S3 stores replace under a new key instead: no window at all.)"""
+        (PATCH). Release assets cannot be swapped in one step: the asset link fails only between the delete and
+        the rename, but the Pages index names the old sha256 until the reindex that follows the state update (a
+        kill in between leaves that mismatch until the publish is rerun). A failed step is an error, never ignored;
+        staging assets of earlier, killed attempts are removed first. (The local and S3 stores replace under a
+        new key instead: no window at all.)"""
         final = _asset_name(name)
+        for leftover, asset in self._assets().items():
+            if leftover.startswith(f"{final}.replacing-"):
+                self._delete(asset)
         staging = f"{final}.replacing-{secrets.token_hex(4)}"
         if not self._upload(staging, src, content_type):
             raise PublishFailed(f"{self.description}: could not upload the replacement of {final}",
