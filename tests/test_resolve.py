@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfarm import cli, naming
+from wheelfarm import cli, gpus, naming
 from wheelfarm.errors import BadInput
 from wheelfarm.resolve import Env, decide, image_env, inspect_env, min_arch, mirror_url
 
@@ -236,3 +236,32 @@ def test_cli_t4_and_missing_cell_from_a_directory(mirror: Path, capsys: pytest.C
     assert "nearest:" in out
     assert "nox -s build -- --select package=flash-attn torch=2.10 cuda=13.* python=3.12 cxx11abi=TRUE" in out
     assert mirror_url(str(mirror)) == mirror.resolve().as_uri()
+
+
+@pytest.mark.parametrize(("given", "want"), [
+    *((f"sm{m}{n}", (m, n)) for m, n in [(8, 0), (8, 6), (8, 7), (8, 9), (9, 0), (10, 0), (10, 1), (10, 3), (11, 0),
+                                          (12, 0), (12, 1)]),
+    ("sm_90a", (9, 0)), ("sm_100f", (10, 0)), ("compute_120", (12, 0)), ("SM121", (12, 1)), ("12.0", (12, 0)),
+    ("7.5", (7, 5)), ("T4", (7, 5)), ("Tesla T4", (7, 5)), ("A100", (8, 0)), ("NVIDIA A10G", (8, 6)),
+    ("L4", (8, 9)), ("H100", (9, 0)), ("h200", (9, 0)), ("RTX 4090", (8, 9)), ("GeForce RTX 5090", (12, 0)),
+    ("B200", (10, 0)), ("rtx-pro-6000", (12, 0)), ("DGX Spark", (12, 1)),
+])
+def test_gpu_names_and_every_sm_from_80_to_121(given: str, want: tuple[int, int]) -> None:
+    """sm100 and sm120 are Blackwell, not sm10/sm12: the minor is the last digit; card names map by the table."""
+    assert gpus.capability(given) == want
+
+
+def test_unknown_gpu_is_bad_input_listing_the_names() -> None:
+    with pytest.raises(BadInput, match="not a compute capability") as err:
+        gpus.capability("Voodoo 5")
+    assert "rtx4090" in str(err.value.hint)
+
+
+def test_cli_accepts_blackwell_and_card_names(mirror: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = "nvcr.io/nvidia/pytorch:25.12-py3"
+    for gpu in ("sm120", "RTX 5090", "B200"):
+        cli.main(["resolve", "--index-url", str(mirror), "--image", image, "--gpu", gpu])
+        out = capsys.readouterr().out
+        assert "is unsupported" not in out and ("sm120" in out or "sm100" in out), out
+    assert cli.main(["resolve", "--index-url", str(mirror), "--image", image, "--gpu", "T4"]) == 1
+    assert "sm75 is unsupported" in capsys.readouterr().out

@@ -6,9 +6,8 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 
-from ..errors import BadInput
+from .. import gpus
 from ..resolve import Env, available_wheels, decide, image_env, inspect_env, min_arch, mirror_url
 
 NAME = "resolve"
@@ -33,22 +32,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "e.g. nvcr.io/nvidia/pytorch:25.12-py3",
     )
     source.add_argument("--python", help="probe this interpreter instead of the current one")
-    parser.add_argument("--gpu", help="assume this GPU, e.g. sm75 (T4), sm80, sm90")
+    parser.add_argument("--gpu", help="assume this GPU: sm80, sm_90a, 12.0, sm121, or a name (T4, A100, L4, H100, "
+                        "\"RTX 4090\", B200)")
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
-
-
-def _gpu(value: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(?:sm_?)?(\d)(\d+)|(\d+)\.(\d+)", value.strip().lower())
-    if not m:
-        raise BadInput(f"--gpu {value!r}: expected smXY (sm75, sm90) or X.Y (7.5)")
-    major, minor = (m[1], m[2]) if m[1] else (m[3], m[4])
-    return int(major), int(minor)
 
 
 def execute(args: argparse.Namespace) -> int:
     env: Env = image_env(args.image) if args.image else inspect_env(args.python)
     if args.gpu:
-        env = dataclasses.replace(env, gpu=_gpu(args.gpu))
+        env = dataclasses.replace(env, gpu=gpus.capability(args.gpu))
     mirror = mirror_url(args.index_url)
     files = available_wheels(mirror, args.package)
     decision = decide(env, files, package=args.package, mirror=mirror, min_arch=min_arch(args.package))
