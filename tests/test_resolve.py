@@ -15,7 +15,7 @@ import pytest
 
 from wheelfarm import cli, gpus, naming
 from wheelfarm.errors import BadInput
-from wheelfarm.resolve import Env, decide, image_env, inspect_env, min_arch, mirror_url
+from wheelfarm.resolve import Env, available_wheels, decide, image_env, inspect_env, min_arch, mirror_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -265,3 +265,18 @@ def test_cli_accepts_blackwell_and_card_names(mirror: Path, capsys: pytest.Captu
         assert "is unsupported" not in out and ("sm120" in out or "sm100" in out), out
     assert cli.main(["resolve", "--index-url", str(mirror), "--image", image, "--gpu", "T4"]) == 1
     assert "sm75 is unsupported" in capsys.readouterr().out
+
+
+def test_a_variant_index_url_names_the_same_mirror() -> None:
+    """`--index-url …/cu12torch2.8cxx11abiTRUE/simple` (what the README's pip line uses) is the mirror's root
+    plus a variant, not a root below it: the install line must not double the variant."""
+    root = "https://wheels.example/m"
+    for given in (f"{root}", f"{root}/", f"{root}/simple", f"{root}/simple/",
+                  f"{root}/cu12torch2.8cxx11abiTRUE/simple/", f"{root}/cu13torch2.11cxx11abiTRUE.sm90lite/simple"):
+        assert mirror_url(given) == root, given
+
+
+def test_a_missing_mirror_is_not_an_empty_one(mirror: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="no wheelfarm mirror there"):
+        available_wheels(mirror_url(str(tmp_path / "nothing-here")), "flash-attn")
+    assert available_wheels(mirror_url(str(mirror)), "no-such-project") == []

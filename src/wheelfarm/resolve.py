@@ -270,11 +270,35 @@ def min_arch(package: str) -> int | None:
 # ----------------------------------------------------------------------------------------- the mirror
 
 
+_LABEL_DIR = re.compile(r"^cu\d+torch[\d.]+cxx11abi(TRUE|FALSE)(\.[A-Za-z0-9]+)*$")  # a variant index folder
+
+
 def mirror_url(value: str) -> str:
-    """The mirror root as a URL: a directory becomes file://; a trailing ``/simple`` is dropped."""
+    """The mirror root as a URL: a directory becomes file://; a trailing ``/simple`` is dropped, and so is a
+    variant folder before it (``…/cu12torch2.8cxx11abiTRUE/simple`` names the same mirror, not a root below it)."""
     url = value if "://" in value else Path(value).resolve().as_uri()
     url = url.rstrip("/")
-    return url[: -len("/simple")] if url.endswith("/simple") else url
+    if url.endswith("/simple"):
+        url = url[: -len("/simple")]
+        head, _, last = url.rpartition("/")
+        if _LABEL_DIR.match(last):
+            url = head
+    return url
+
+
+def _no_mirror(mirror: str) -> BadInput:
+    return BadInput(f"--index-url {mirror}: no wheelfarm mirror there (no simple/ index)",
+                    hint="give the mirror's root (the folder or URL holding simple/ and <variant>/simple/), "
+                         "or publish into it first")
+
+
+def _mirror_exists(mirror: str) -> bool:
+    root = f"{mirror}/simple/" + ("index.html" if mirror.startswith("file:") else "")
+    try:
+        with urllib.request.urlopen(root, timeout=60):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 class _Links(html.parser.HTMLParser):
@@ -297,11 +321,15 @@ def available_wheels(mirror: str, package: str) -> list[str]:
         with urllib.request.urlopen(page, timeout=60) as resp:
             text = resp.read().decode()
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:
+        if exc.code == 404:  # no such project page: an empty mirror for this package, or no mirror at all
+            if not _mirror_exists(mirror):
+                raise _no_mirror(mirror) from exc
             return []
         raise BadInput(f"--index-url {mirror}: {page} answered HTTP {exc.code}") from exc
     except (urllib.error.URLError, OSError) as exc:
         if page.startswith("file:") and isinstance(getattr(exc, "reason", exc), FileNotFoundError):
+            if not _mirror_exists(mirror):
+                raise _no_mirror(mirror) from exc
             return []
         raise BadInput(f"--index-url {mirror}: cannot read {page} ({exc})") from exc
     parser = _Links()
