@@ -486,7 +486,7 @@ def test_runner_torch_is_mounted_over_a_ready_torch_folder(tmp_path):
     """--python: the runner's site-packages appears where before-build looks for the group's torch, already
     marked ready (so nothing is installed), in a folder of the group's own (never the shared torch cache)."""
     cell = CELLS[0]
-    tools = container_build.RunnerTools(python=Path("/r/bin/python"), purelib=Path("/r/site"),
+    tools = container_build.RunnerTools(purelib=Path("/r/site"),
                                         torch_version="2.14.1+cu130", cuda_home=Path("/cuda-13.0"), cuda="13.0")
     mounts = container_build.runner_mounts(tools, cell)
     assert [m.spec() for m in mounts] == ["/r/site:/wf/torch/torch-2.14.1+cu130/cp311/site-packages:ro",

@@ -70,7 +70,7 @@ class ImageFacts:
     cuda_home: str | None = None  # the image's own CUDA (production images set CUDA_HOME)
     cuda: str | None = None  # its version, "13.0"
     ssl_cert_file: str | None = None  # the image's CA bundle (the test image trusts the host's)
-    utility_python: str = "/opt/python/cp39-cp39/bin/python"  # runs wheelfarm's shims (cibuildwheel's own helper)
+    utility_python: str = UTILITY_PYTHON  # runs wheelfarm's shims (an image without cp39: its first Python)
 
 
 PROBE = r"""

@@ -101,12 +101,24 @@ def _test_image(root: Path) -> str | None:
     return ref
 
 
+CIBUILDWHEEL_HINT = "pip install cibuildwheel==4.3.5 (it needs Python 3.11+)"
+
+
+def runner(engine: Engine) -> str:
+    """What runs the in-container steps: cibuildwheel (podman, docker) or wheelfarm itself (chroot, steps.py)."""
+    return "wheelfarm's steps (chroot)" if engine.name == "chroot" else "cibuildwheel"
+
+
+def needs_cibuildwheel(engine: Engine) -> bool:
+    return engine.name != "chroot" and importlib.util.find_spec("cibuildwheel") is None
+
+
 def unavailable_reason(config: Config, cells: list[Cell]) -> str | None:
     """Why ``--backend auto`` cannot build ``cells`` in a container (None: it can)."""
     try:
         engine = detect_engine(os.environ.get("WHEELFARM_ENGINE"))
-        if engine.name != "chroot" and importlib.util.find_spec("cibuildwheel") is None:
-            return "cibuildwheel is not installed (pip install cibuildwheel==4.3.5)"
+        if needs_cibuildwheel(engine):
+            return f"cibuildwheel is not installed ({CIBUILDWHEEL_HINT})"
         for cuda in sorted({c.cuda for c in cells}):
             image = find_image(engine, config, next(c for c in cells if c.cuda == cuda))
             if image is None:
@@ -152,7 +164,6 @@ def resolve_torch(config: Config, cell: Cell, glibc: str) -> tuple[str, str | No
 class RunnerTools:
     """A runner's own torch (``--python``) and CUDA toolkit (``--cuda-home``), mounted into the build root."""
 
-    python: Path | None = None
     purelib: Path | None = None  # the site-packages folder torch is imported from (and what it needs)
     torch_version: str | None = None  # exact, with its local label: "2.11.0+cu130"
     cuda_home: Path | None = None  # resolved: mounted at the same path
@@ -175,23 +186,17 @@ def runner_tools(cell: Cell, python: Path | None, cuda_home: Path | None) -> Run
             raise BadInput(f"--cuda-home {cuda_home} is CUDA {tools.cuda}, the cell needs CUDA {cell.cuda}")
     if python is not None:
         facts = toolchain.probe_torch(python)
-        version, torch_cuda = str(facts["torch"]), str(facts["cuda"] or "")
-        out = proc.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                       capture=True, quiet=True)
-        py_version = out.stdout.split()[-1]
-        purelib = str(Path(str(facts["lib"])).parent.parent)  # where torch is imported from (purelib or platlib)
+        version, py_version = str(facts["torch"]), str(facts["python"])
         if py_version != cell.python:
             raise BadInput(f"--python {python} is Python {py_version}, the cell needs {cell.python}",
                            hint="add --select python=" + py_version)
-        if ".".join(version.split("+")[0].split(".")[:2]) != cell.torch:
-            raise BadInput(f"{python} has torch {version}, the cell needs torch {cell.torch}")
-        if not torch_cuda or torch_cuda.split(".")[0] != cell.cuda.split(".")[0]:
+        torch_cuda = toolchain.check_torch_build(cell, python, version, str(facts["cuda"] or "") or None)
+        if torch_cuda.split(".")[0] != cell.cuda.split(".")[0]:
             raise BadInput(f"torch {version} in {python} is built for CUDA {torch_cuda}, "
                            f"the cell needs CUDA {cell.cuda}")
-        if bool(facts["cxx11abi"]) != cell.cxx11abi:
-            raise BadInput(f"ABI mismatch: torch in {python} has _GLIBCXX_USE_CXX11_ABI="
-                           f"{int(bool(facts['cxx11abi']))}, the cell asks for cxx11abi{cell.abi_flag}")
-        tools = dataclasses.replace(tools, python=python, purelib=Path(purelib), torch_version=version)
+        toolchain.check_abi(cell, python, bool(facts["cxx11abi"]))
+        purelib = Path(str(facts["lib"])).parent.parent  # where torch is imported from (purelib or platlib)
+        tools = dataclasses.replace(tools, purelib=purelib, torch_version=version)
     return tools
 
 
@@ -303,9 +308,8 @@ def _collect(plan: cibw.GroupPlan, cell: Cell, out: Path, paths: BuildPaths, log
                                   objects_total=cost.objects, peaks=peaks or Peaks())
     built = [w for w in out.glob("*.whl") if f"-{cell.python_tag}-{cell.python_tag}-" in w.name]
     if rc != 0 or len(built) != 1:
-        runner = "wheelfarm's steps (chroot)" if plan.engine.name == "chroot" else "cibuildwheel"
         why = "killed, most likely out of memory: retry with a smaller --max-jobs" if looks_oom(rc, logfile) \
-            else f"{runner} exit code {rc}, wheels {[w.name for w in built]}"
+            else f"{runner(plan.engine)} exit code {rc}, wheels {[w.name for w in built]}"
         result.error = f"container build failed: {why}; log: {logfile}\n{log_tail(logfile)}"
         return result
     paths.wheelhouse.mkdir(parents=True, exist_ok=True)
@@ -402,12 +406,8 @@ def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, p
 def build_in_container(config: Config, cells: list[Cell], args: argparse.Namespace) -> list[BuildResult]:
     """Build ``cells`` group by group, each group by one cibuildwheel run in one container."""
     engine = detect_engine(os.environ.get("WHEELFARM_ENGINE"))
-    if engine.name != "chroot":
-        try:
-            import cibuildwheel  # noqa: F401
-        except ImportError:
-            raise BadInput("--backend container needs cibuildwheel",
-                           hint="pip install cibuildwheel==4.3.5 (it needs Python 3.11+)") from None
+    if needs_cibuildwheel(engine):
+        raise BadInput("--backend container needs cibuildwheel", hint=CIBUILDWHEEL_HINT)
     work = (args.work_dir or config.root / config.farm.work_dir).resolve()
     # Own trees and caches: a host build's build/ folder must never be copied into the container.
     paths = BuildPaths(work_dir=work / "container",
@@ -422,7 +422,6 @@ def build_in_container(config: Config, cells: list[Cell], args: argparse.Namespa
             raise BadInput(f"no build image for {cell.group} ({cell.platform}, CUDA {cell.cuda})",
                            hint="build one (docs/containers.md), set WHEELFARM_IMAGE, or use --backend host")
         names = ", ".join(c.python for c in members)
-        runner = "wheelfarm's steps (chroot)" if engine.name == "chroot" else "cibuildwheel"
-        with log.step(f"{members[0].group}: Python {names} by {runner} in {image}"):
+        with log.step(f"{members[0].group}: Python {names} by {runner(engine)} in {image}"):
             results += build_group(config, members, engine, image, paths, args)
     return results

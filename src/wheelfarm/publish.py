@@ -311,7 +311,7 @@ def reindex(store: Store) -> int:
             store.write_page(path, pages[path], content_type(path))
         if store.read_state()[1] != token:
             continue
-        for stale in stale_pages(_page_files(store), pages):  # the lists no longer link them: now they can go
+        for stale in stale_pages(store.list_pages(), pages):  # the lists no longer link them: now they can go
             try:
                 store.delete_page(stale)
             except PublishFailed as exc:  # e.g. no s3:DeleteObject: an unlinked page is harmless, say so
@@ -324,20 +324,15 @@ def reindex(store: Store) -> int:
     )
 
 
-def _page_files(store: Store) -> list[str]:
-    pages = getattr(store, "pages", None)  # GitHub: the pages live in a local folder beside the release
-    return list((pages or store).list_files(""))
-
-
 def stale_pages(existing: Sequence[str], pages: Mapping[str, bytes]) -> list[str]:
     """Index pages in the store that the state no longer produces (a project or variant whose wheels vanished).
     Only page names (``…/simple/…/index.html|json`` and the root ``index.html``) are candidates, never wheels."""
     def is_page(name: str) -> bool:  # simple/[<project>/]index.*, <variant>/simple/[<project>/]index.*, index.html
         parts = name.split("/")
-        if parts[-1] not in ("index.html", "index.json"):
-            return name == "index.html"
-        depth = len(parts) - (parts.index("simple") if "simple" in parts[:2] else 99)
-        return name == "index.html" or depth in (2, 3)
+        if name == "index.html":
+            return True
+        return (parts[-1] in ("index.html", "index.json") and "simple" in parts[:2]
+                and len(parts) - parts.index("simple") in (2, 3))
 
     return sorted(n for n in existing if is_page(n) and not n.startswith("wheels/") and n not in pages)
 

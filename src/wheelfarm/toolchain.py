@@ -25,8 +25,10 @@ from .proc import run
 
 _PROBE = (
     "import json, torch, torch.utils.cpp_extension as c;"
+    "import sys;"
     "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda,"
-    " 'cxx11abi': bool(torch._C._GLIBCXX_USE_CXX11_ABI), 'lib': c.TORCH_LIB_PATH}))"
+    " 'cxx11abi': bool(torch._C._GLIBCXX_USE_CXX11_ABI), 'lib': c.TORCH_LIB_PATH,"
+    " 'python': '%d.%d' % sys.version_info[:2]}))"
 )
 
 
@@ -193,20 +195,30 @@ def compiler_version(compiler: str) -> tuple[str, int]:
     return first, int(match.group(1)) if match else 0
 
 
+def check_torch_build(cell: Cell, python: Path, version: str, torch_cuda: str | None) -> str:
+    """The interpreter's torch is the cell's X.Y and a CUDA build; returns its CUDA version. (Host and container
+    backends both refuse with these words.)"""
+    if ".".join(version.split("+")[0].split(".")[:2]) != cell.torch:
+        raise BadInput(f"{python} has torch {version}, the cell needs torch {cell.torch}")
+    if not torch_cuda:
+        raise BadInput(f"torch {version} in {python} is a CPU-only build; a CUDA build is needed")
+    return torch_cuda
+
+
+def check_abi(cell: Cell, python: Path, cxx11abi: bool) -> None:
+    if cxx11abi != cell.cxx11abi:
+        raise BadInput(f"ABI mismatch: torch in {python} has _GLIBCXX_USE_CXX11_ABI={int(cxx11abi)}, the cell "
+                       f"asks for cxx11abi{cell.abi_flag}", hint="install the torch build with the cell's ABI")
+
+
 def check(config: Config, cell: Cell, tc: Toolchain) -> None:
     """Refuse, before compiling, a toolchain that would build a wheel other than the cell claims."""
-    torch_minor = ".".join(tc.torch_version.split("+")[0].split(".")[:2])
-    if torch_minor != cell.torch:
-        raise BadInput(f"{tc.python} has torch {tc.torch_version}, the cell needs torch {cell.torch}")
-    if tc.torch_cuda is None:
-        raise BadInput(f"torch {tc.torch_version} in {tc.python} is a CPU-only build; a CUDA build is needed")
-    if tc.torch_cuda.split(".")[0] != tc.nvcc_version.split(".")[0]:
+    torch_cuda = check_torch_build(cell, tc.python, tc.torch_version, tc.torch_cuda)
+    if torch_cuda.split(".")[0] != tc.nvcc_version.split(".")[0]:
         raise BadInput(f"CUDA mismatch: nvcc at {tc.cuda_home} is {tc.nvcc_version} but torch {tc.torch_version} "
-                       f"was built with CUDA {tc.torch_cuda} (the majors must agree)",
-                       hint=f"point CUDA_HOME at a CUDA {tc.torch_cuda.split('.')[0]}.x toolkit")
-    if tc.cxx11abi != cell.cxx11abi:
-        raise BadInput(f"ABI mismatch: torch in {tc.python} has _GLIBCXX_USE_CXX11_ABI={int(tc.cxx11abi)}, the cell "
-                       f"asks for cxx11abi{cell.abi_flag}", hint="install the torch build with the cell's ABI")
+                       f"was built with CUDA {torch_cuda} (the majors must agree)",
+                       hint=f"point CUDA_HOME at a CUDA {torch_cuda.split('.')[0]}.x toolkit")
+    check_abi(cell, tc.python, tc.cxx11abi)
     cuda = config.cuda.get(cell.cuda)
     name = Path(tc.compiler).name
     limit = None if cuda is None else (cuda.max_clang if "clang" in name else cuda.max_gcc)

@@ -130,9 +130,9 @@ def _check_sizes(path: Path, infos: list[zipfile.ZipInfo]) -> None:
 
 
 def _dist_info(path: Path, infos: list[zipfile.ZipInfo], identity: Identity) -> str:
-    folders = {info.filename.split("/", 1)[0] for info in infos
-               if info.filename.split("/", 1)[0].endswith(".dist-info")}
-    with_metadata = sorted(f for f in folders if f"{f}/METADATA" in {i.filename for i in infos})
+    names = {info.filename for info in infos}
+    folders = {name.split("/", 1)[0] for name in names if name.split("/", 1)[0].endswith(".dist-info")}
+    with_metadata = sorted(f for f in folders if f"{f}/METADATA" in names)
     if len(with_metadata) != 1:
         raise _bad(path, f"expected one *.dist-info/METADATA, found {len(with_metadata)} ({with_metadata})")
     folder = with_metadata[0]

@@ -46,6 +46,10 @@ class Store(Protocol):
         """Replace an existing file (``publish --replace`` only)."""
         ...
 
+    def list_pages(self) -> list[str]:
+        """Every stored name that could be an index page (where write_page writes: GitHub keeps them apart)."""
+        ...
+
     def delete_page(self, name: str) -> None:
         """Remove an index page no longer produced (``reindex``: a vanished project or variant); never a wheel."""
         ...

@@ -99,7 +99,7 @@ class GitHubApi:
                         f"(limit {reply.headers.get('X-RateLimit-Limit')}, resets in {wait:.0f}s)",
                         hint="wait for the reset or use a token with a higher limit",
                     )
-                last = PublishFailed(f"HTTP {reply.status}: {_redact(reply.body[:200].decode(errors='replace'))}")
+                last = PublishFailed(f"HTTP {reply.status}: {_said(reply, 200)}")
                 if wait is not None:
                     time.sleep(wait)
                     continue
@@ -163,9 +163,14 @@ def expect(reply: Reply, method: str, url: str, ok: tuple[int, ...] = (200,)) ->
         )
     if reply.status not in ok:
         raise PublishFailed(
-            f"GitHub {method} {path}: HTTP {reply.status}: {_redact(reply.body[:300].decode(errors='replace'))}"
+            f"GitHub {method} {path}: HTTP {reply.status}: {_said(reply)}"
         )
     return reply
+
+
+def _said(reply: Reply, limit: int = 300) -> str:
+    """The start of a reply's body, printable: decoded and redacted."""
+    return _redact(reply.body[:limit].decode(errors="replace"))
 
 
 def _redact(text: str) -> str:
@@ -263,7 +268,7 @@ class GitHubStore:
         if again.status == 200:
             return dict(again.json())
         raise PublishFailed(f"GitHub refused to create release {self.tag!r} in {self.owner}/{self.repo} (HTTP 422): "
-                            f"{_redact(created.body[:300].decode(errors='replace'))}",
+                            f"{_said(created)}",
                             hint="a tag name GitHub accepts, and a token with contents:write")
 
     def _assets(self) -> dict[str, dict[str, Any]]:
@@ -379,6 +384,9 @@ class GitHubStore:
 
     def write_page(self, name: str, data: bytes, content_type: str) -> None:
         self.pages.write_page(name, data, content_type)
+
+    def list_pages(self) -> list[str]:
+        return self.pages.list_pages()
 
     def delete_page(self, name: str) -> None:
         self.pages.delete_page(name)

@@ -80,6 +80,9 @@ class LocalStore:
     def write_page(self, name: str, data: bytes, content_type: str) -> None:
         self.overwrite(name, data, content_type)
 
+    def list_pages(self) -> list[str]:
+        return self.list_files("")
+
     def delete_page(self, name: str) -> None:
         path = self._path(name)
         path.unlink(missing_ok=True)

@@ -185,6 +185,9 @@ class S3Store:
         if name.endswith("/index.html"):
             self._put(name[: -len("index.html")], data, content_type)
 
+    def list_pages(self) -> list[str]:
+        return self.list_files("")
+
     def delete_page(self, name: str) -> None:
         keys = [self._key(name)] + ([self._key(name[: -len("index.html")])] if name.endswith("/index.html") else [])
         for key in keys:
