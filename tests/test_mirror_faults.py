@@ -56,10 +56,15 @@ def _published(mirror: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*.whl")) if folder.exists() else []
 
 
-def _publish(wheel: Path, mirror: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = cli.main(["publish", str(wheel), "--to", str(mirror)])
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """The CLI's exit code and its error, from "wheelfarm:" on (the progress lines before it left out)."""
+    code = cli.main(list(args))
     err = " ".join(capsys.readouterr().err.split())
     return code, err[err.find("wheelfarm:"):] if "wheelfarm:" in err else err
+
+
+def _publish(wheel: Path, mirror: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    return _cli(capsys, "publish", str(wheel), "--to", str(mirror))
 
 
 # ------------------------------------------------------------------------------- identity (defect 1)
@@ -319,9 +324,7 @@ def test_temporary_files_of_killed_publishers_are_cleaned(row, tmp_path, capsys)
 
 def _gh_publish(tmp_path: Path, capsys: pytest.CaptureFixture[str], tag: str = "v1") -> tuple[int, str]:
     wheel = _audited(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY))
-    code = cli.main(["publish", str(wheel), "--to", f"github://acme/wheels@{tag}", "--pages-dir", str(tmp_path / "p")])
-    err = " ".join(capsys.readouterr().err.split())
-    return code, err[err.find("wheelfarm:"):] if "wheelfarm:" in err else err
+    return _cli(capsys, "publish", str(wheel), "--to", f"github://acme/wheels@{tag}", "--pages-dir", str(tmp_path / "p"))
 
 
 def test_github_pagination_that_loops_is_stopped(row, gh, tmp_path, capsys):  # noqa: F811
