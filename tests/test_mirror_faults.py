@@ -324,7 +324,8 @@ def test_temporary_files_of_killed_publishers_are_cleaned(row, tmp_path, capsys)
 
 def _gh_publish(tmp_path: Path, capsys: pytest.CaptureFixture[str], tag: str = "v1") -> tuple[int, str]:
     wheel = _audited(make_wheel(tmp_path / "w", "fixture-attn", "0.1.0", **PY))
-    return _cli(capsys, "publish", str(wheel), "--to", f"github://acme/wheels@{tag}", "--pages-dir", str(tmp_path / "p"))
+    return _cli(capsys, "publish", str(wheel), "--to", f"github://acme/wheels@{tag}",
+                "--pages-dir", str(tmp_path / "p"))
 
 
 def test_github_pagination_that_loops_is_stopped(row, gh, tmp_path, capsys):  # noqa: F811
