@@ -55,6 +55,7 @@ def test_page_set_global_and_per_variant() -> None:
     pages = build_pages(ENTRIES)
     assert set(pages) == {
         "index.html",
+        "probe.py",
         "simple/index.html",
         "simple/index.json",
         "simple/flash-attn/index.html",
@@ -72,14 +73,26 @@ def test_page_set_global_and_per_variant() -> None:
     }
     variant = anchors(pages["cu12torch2.8cxx11abiTRUE/simple/flash-attn/index.html"])
     assert [a["href"].split("#")[0].rsplit("/", 1)[-1] for a in variant] == [urllib.parse.quote(CU12)]  # type: ignore[union-attr]
-    assert len(anchors(pages["simple/flash-attn/index.html"])) == 2
     assert [a["href"] for a in anchors(pages["simple/index.html"])] == ["einops-stub/", "flash-attn/"]
 
 
+def test_the_global_index_lists_only_unlabelled_wheels_and_links_the_variants() -> None:
+    """The global rule (index.py): a wheel built for one torch/CUDA/ABI is never a file of simple/<project>/, whose
+    page sends people to the variant pages instead; a wheel without a label stays."""
+    pages = build_pages(ENTRIES)
+    hrefs = [a["href"] or "" for a in anchors(pages["simple/flash-attn/index.html"])]
+    assert hrefs == ["../../cu12torch2.8cxx11abiTRUE/simple/flash-attn/", "../../cu13torch2.14cxx11abiTRUE/simple/flash-attn/"]
+    assert b"lists no wheel built for one torch/CUDA/C++ ABI" in pages["simple/flash-attn/index.html"]
+    assert json.loads(pages["simple/flash-attn/index.json"])["files"] == []
+    (plain,) = anchors(pages["simple/einops-stub/index.html"])
+    assert (plain["href"] or "").split("#")[0].endswith(PLAIN)
+    assert b"lists no wheel" not in pages["simple/einops-stub/index.html"]
+
+
 def test_links_carry_hash_metadata_and_escaped_requires_python() -> None:
-    page = build_pages(ENTRIES)["simple/flash-attn/index.html"]
+    page = build_pages(ENTRIES)["cu12torch2.8cxx11abiTRUE/simple/flash-attn/index.html"]
     assert b'data-requires-python="&gt;=3.9,&lt;4"' in page
-    (a, _) = anchors(page)
+    (a,) = anchors(page)
     assert a["href"] and a["href"].endswith("#sha256=" + "a" * 64)
     assert a["data-dist-info-metadata"] == a["data-core-metadata"] == "sha256=" + "b" * 64
     assert a["data-requires-python"] == ">=3.9,<4"
@@ -87,7 +100,8 @@ def test_links_carry_hash_metadata_and_escaped_requires_python() -> None:
 
 def test_relative_links_resolve_to_the_wheel_from_every_page() -> None:
     pages = build_pages(ENTRIES)
-    for page in ("simple/flash-attn/index.html", "cu13torch2.14cxx11abiTRUE/simple/flash-attn/index.html"):
+    for page in ("cu12torch2.8cxx11abiTRUE/simple/flash-attn/index.html",
+                 "cu13torch2.14cxx11abiTRUE/simple/flash-attn/index.html"):
         for a in anchors(pages[page]):
             base = "https://mirror.example/root/" + page
             url = urllib.parse.urljoin(base, a["href"] or "")
@@ -105,24 +119,22 @@ def test_absolute_urls_for_release_assets() -> None:
 
 
 def test_pep691_json() -> None:
-    doc = json.loads(build_pages(ENTRIES)["simple/flash-attn/index.json"])
+    doc = json.loads(build_pages(ENTRIES)["cu12torch2.8cxx11abiTRUE/simple/flash-attn/index.json"])
     assert doc["meta"] == {"api-version": "1.1"}
     assert doc["name"] == "flash-attn"
-    assert doc["versions"] == [
-        "2.8.3.post2+cu12torch2.8cxx11abitrue",
-        "2.8.3.post2+cu13torch2.14cxx11abitrue",
-    ]
+    assert doc["versions"] == ["2.8.3.post2+cu12torch2.8cxx11abitrue"]
     f = doc["files"][0]
     assert f["hashes"] == {"sha256": "a" * 64} and f["core-metadata"] == {"sha256": "b" * 64}
     assert f["requires-python"] == ">=3.9,<4" and f["size"] == 123
-    joined = posixpath.normpath(posixpath.join("simple/flash-attn", urllib.parse.unquote(f["url"])))
+    joined = posixpath.normpath(posixpath.join("cu12torch2.8cxx11abiTRUE/simple/flash-attn",
+                                               urllib.parse.unquote(f["url"])))
     assert joined == "wheels/flash-attn/" + CU12
 
 
 def test_pages_are_deterministic_and_empty_state_is_valid() -> None:
     assert build_pages(ENTRIES) == build_pages(list(reversed(ENTRIES)))
     empty = build_pages([])
-    assert set(empty) == {"index.html", "simple/index.html", "simple/index.json"}
+    assert set(empty) == {"index.html", "probe.py", "simple/index.html", "simple/index.json"}
 
 
 def test_state_roundtrip_and_replacement_log() -> None:

@@ -15,7 +15,8 @@ import pytest
 
 from wheelfarm import cli, gpus, naming
 from wheelfarm.errors import BadInput
-from wheelfarm.resolve import Env, available_wheels, decide, image_env, inspect_env, min_arch, mirror_url
+from wheelfarm.environment import Env, image_env, inspect_env, min_arch
+from wheelfarm.resolve import available_wheels, decide, mirror_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,7 +108,7 @@ def test_missing_cell_names_the_nearest_and_the_build_command() -> None:
     assert not d.ok and "no flash-attn wheel on the mirror fits" in d.reasons[0]
     assert len(d.nearest) == 3 and all("torch 2." in n and "≠ 2.9" in n for n in d.nearest)
     assert d.build_command == (
-        "nox -s build -- --select package=flash-attn torch=2.9 cuda=12.* python=3.12 cxx11abi=TRUE"
+        "nox -s build -- --select package=flash-attn torch=2.9 cuda=12.* python=3.12 cxx11abi=TRUE variant="
     )
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 
-import tomllib
-
 from .errors import BadInput
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 _SM = re.compile(r"^(?:sm|compute)?_?(\d{2,3})[af]?$")  # the last digit is the minor: sm90, sm100, sm121
 _DOTTED = re.compile(r"^(\d{1,2})\.(\d)$")
@@ -17,9 +21,22 @@ _PREFIXES = ("nvidia", "tesla", "geforce", "quadro")
 
 
 @functools.cache
+def _table() -> dict[str, dict[str, str]]:
+    return tomllib.loads(Path(__file__).with_name("data").joinpath("gpus.toml").read_text())
+
+
+@functools.cache
 def known() -> dict[str, tuple[int, int]]:
-    table = tomllib.loads(Path(__file__).with_name("data").joinpath("gpus.toml").read_text())["capability"]
-    return {_key(name): _dotted(value) for name, value in table.items()}
+    return {_key(name): _dotted(value) for name, value in _table()["capability"].items()}
+
+
+def min_cuda(gpu: tuple[int, int]) -> str | None:
+    """The oldest CUDA whose builds run on this compute capability (``[min-cuda]``); None: not in the table."""
+    return _table()["min-cuda"].get(f"{gpu[0]}.{gpu[1]}")
+
+
+def sm(gpu: tuple[int, int]) -> str:
+    return f"sm{gpu[0]}{gpu[1]}"
 
 
 def _key(name: str) -> str:

@@ -2,12 +2,16 @@
 
 Pure functions only. ``build_pages(entries)`` returns ``{mirror path: bytes}``:
 
-- ``simple/index.html`` and ``simple/<project>/index.html`` (PEP 503) over every wheel;
 - ``<variant>/simple/...`` per local version label (``cu12torch2.8cxx11abiTRUE``), so
   ``pip install flash-attn --index-url <mirror>/<variant>/simple`` can only pick that variant;
+- ``simple/index.html`` and ``simple/<project>/index.html`` (PEP 503), the **global index**, which lists only the
+  wheels that are safe in any environment: those without a local label. A labelled wheel (built for one torch ×
+  CUDA × C++ ABI) is never a file there: pip and uv rank local labels by string, so a global page listing every
+  variant hands an arbitrary one (a wrong ABI) to whoever points at it. Its project page links the variant pages
+  instead (links pip and uv skip: they are not distribution files) and says to use one, or ``wheelfarm resolve``;
 - ``index.json`` beside each page (PEP 691 JSON, api-version 1.1) for tools that read it; static hosts cannot
   negotiate content types, so pip reads the HTML;
-- ``index.html`` at the root listing the variant indexes.
+- ``index.html`` at the root: the browsable home page (``home_page.py``), ``probe.py`` beside it.
 
 Links carry ``#sha256=``, ``data-requires-python`` (HTML-escaped) and ``data-dist-info-metadata`` /
 ``data-core-metadata`` (PEP 658/714; the file is ``<wheel URL>.metadata``). They are relative
@@ -132,22 +136,29 @@ def _compact(d: dict[str, Any]) -> dict[str, Any]:
 
 def build_pages(entries: Sequence[Entry]) -> dict[str, bytes]:
     """Every index page of the mirror, from the entries alone."""
+    from . import home_page  # the home page reads wheel names through naming: import it only here
+
     pages: dict[str, bytes] = {}
-    pages.update(_simple_tree("simple", entries))
+    pages.update(_simple_tree("simple", entries, global_index=True))
     variants = sorted({e.variant for e in entries if e.variant})
     for variant in variants:
         if not _VARIANT_RE.match(variant):
             raise ValueError(f"variant label {variant!r} is not a safe directory name")
         pages.update(_simple_tree(f"{variant}/simple", [e for e in entries if e.variant == variant]))
-    pages["index.html"] = _page(
-        "wheelfarm mirror",
-        [_anchor("simple/", "simple/ (all wheels)")]
-        + [_anchor(f"{v}/simple/", f"{v}/simple/") for v in variants],
-    )
+    pages["index.html"] = home_page.render(entries)
+    pages[PROBE_PAGE] = home_page.probe_bytes()
     return pages
 
 
-def _simple_tree(root: str, entries: Sequence[Entry]) -> dict[str, bytes]:
+PROBE_PAGE = "probe.py"
+GLOBAL_NOTE = (
+    "This global index lists no wheel built for one torch/CUDA/C++ ABI: installing from here could pick the wrong "
+    "one. Use the variant index that fits your environment (below, or the mirror's home page), or run "
+    "`wheelfarm resolve --index-url <mirror>`."
+)
+
+
+def _simple_tree(root: str, entries: Sequence[Entry], *, global_index: bool = False) -> dict[str, bytes]:
     by_project: dict[str, list[Entry]] = {}
     for e in entries:
         by_project.setdefault(e.project, []).append(e)
@@ -161,8 +172,15 @@ def _simple_tree(root: str, entries: Sequence[Entry]) -> dict[str, bytes]:
     for project, files in by_project.items():
         page = f"{root}/{project}/index.html"
         files = sorted(files, key=lambda e: e.file)
-        out[page] = _page(f"Links for {project}", [_file_anchor(e, page) for e in files])
-        out[f"{root}/{project}/index.json"] = _json(_project_json(project, files, page))
+        safe = [e for e in files if not (global_index and e.variant)]
+        anchors = [_file_anchor(e, page) for e in safe]
+        note = ""
+        if len(safe) < len(files):
+            labels = sorted({e.variant for e in files if e.variant})
+            anchors += [_anchor(f"../../{v}/simple/{project}/", f"{v}/simple/{project}/") for v in labels]
+            note = GLOBAL_NOTE
+        out[page] = _page(f"Links for {project}", anchors, note=note)
+        out[f"{root}/{project}/index.json"] = _json(_project_json(project, safe, page))
     return out
 
 
@@ -189,12 +207,13 @@ def _anchor(url: str, text: str) -> str:
     return f'<a href="{html.escape(url)}">{html.escape(text)}</a>'
 
 
-def _page(title: str, anchors: list[str]) -> bytes:
+def _page(title: str, anchors: list[str], *, note: str = "") -> bytes:
     body = "\n".join(f"    {a}<br/>" for a in anchors)
+    para = f"    <p>{html.escape(note)}</p>\n" if note else ""
     return (
         f'<!DOCTYPE html>\n<html>\n  <head>\n    <meta name="pypi:repository-version" content="1.1">\n'
         f"    <title>{html.escape(title)}</title>\n  </head>\n  <body>\n    <h1>{html.escape(title)}</h1>\n"
-        f"{body}\n  </body>\n</html>\n"
+        f"{para}{body}\n  </body>\n</html>\n"
     ).encode()
 
 
@@ -231,4 +250,6 @@ def content_type(path: str) -> str:
     """What a store labels a page with (S3 serves objects with their stored type: the JSON pages say PEP 691's)."""
     if path.endswith("index.json"):
         return "application/vnd.pypi.simple.v1+json"
+    if path.endswith(".py"):
+        return "text/x-python; charset=utf-8"
     return "application/json" if path.endswith(".json") else "text/html; charset=utf-8"

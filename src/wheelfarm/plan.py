@@ -21,7 +21,6 @@ That needs no credentials, so a CI plan job can read a public mirror without any
 from __future__ import annotations
 
 import concurrent.futures
-import html.parser
 import json
 import time
 import urllib.error
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 
 from packaging.utils import canonicalize_name
 
+from . import mirror_read
 from .errors import BadInput
 from .matrix import Cell
 from .store import RetryPolicy, Store, with_retries
@@ -202,16 +202,6 @@ class StoreReader:
         return self.store.get(name) if name in self._listed else None
 
 
-class _Links(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs.extend(v for k, v in attrs if k == "href" and v)
-
-
 class HttpReader:
     """A served mirror (``https://host/prefix``): the PEP 503 project pages list the wheels, whose result files
     lie beside them (relative links inside the mirror, or absolute links such as GitHub release assets)."""
@@ -236,20 +226,12 @@ class HttpReader:
         return with_retries(f"GET {url}", attempt, self.retry, _transient_http)
 
     def wheel_names(self, project: str) -> set[str]:
-        page_url = urllib.parse.urljoin(self.base, f"simple/{project}/")
-        page = self._get(page_url)
-        if page is None:
-            return set()
-        parser = _Links()
-        parser.feed(page.decode("utf-8", "replace"))
+        found = mirror_read.project_wheels(self.base, project, self._get) or {}
         names = set()
-        for href in parser.hrefs:
-            url = urllib.parse.urljoin(page_url, href).split("#", 1)[0]
-            file = urllib.parse.unquote(url.rsplit("/", 1)[-1])
-            if file.endswith(".whl"):
-                name = f"wheels/{project}/{file}"
-                self._urls[name] = url
-                names.add(name)
+        for file, url in found.items():
+            name = f"wheels/{project}/{file}"
+            self._urls[name] = url
+            names.add(name)
         return names
 
     def read(self, name: str) -> bytes | None:

@@ -1,65 +1,34 @@
-"""Which mirror index and wheel fit an environment, or why none does.
+"""Which mirror index and wheel fit an environment, or why none does, with the lines to paste.
 
-``decide(env, files, ...)`` is pure: an ``Env`` (Python, torch, torch's CUDA, C++ ABI, glibc, GPU capability)
-and the wheel file names a mirror holds → a ``Decision``. A wheel fits when its CPython tag, torch
+``decide(env, files, ...)`` is pure: an ``Env`` (environment.py: Python, torch, torch's CUDA, C++ ABI, glibc, GPU
+capability) and the wheel file names a mirror holds → a ``Decision``. A wheel fits when its CPython tag, torch
 major.minor, CUDA tag (the one that package version's setup.py asks for, ``naming.setup_py_cuda_tag``), C++
-ABI, platform (architecture, glibc floor of a ``manylinux_2_X`` tag) and variant archs (``sm90`` → that GPU
-only) all match. A GPU below the package's minimum arch (flash-attn 2: sm80) fits nothing.
-
-``inspect_env(python)`` probes a Python interpreter (by default this one) in a subprocess; ``image_env(name)``
-reads ``data/images.toml``.
+ABI, platform (architecture, glibc floor of a ``manylinux_2_X`` tag, and the floor its audit measured:
+``<wheel>.audit.json`` beside it) and variant archs (``sm90`` → that GPU only) all match. Nothing fits, whatever the
+mirror holds, on a GPU below the package's minimum arch (flash-attn 2: sm80), under a torch built with a CUDA too
+old for the GPU, or under a pre-release torch (NGC's ``2.6.0a0+…``: a wheel built against PyPI's torch may meet
+undefined symbols there; the honest answer is a build against that very torch, which the decision spells out).
 """
 
 from __future__ import annotations
 
-import difflib
-import html.parser
 import json
 import re
-import subprocess
-import sys
 import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from . import naming, proc
+from . import answers, gpus, mirror_read, naming
+from .environment import Env
 from .errors import BadInput
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
 _LEGACY_MANYLINUX = {"manylinux1": "2.5", "manylinux2010": "2.12", "manylinux2014": "2.17"}
 _SM_VARIANT = re.compile(r"^sm(\d+)$")
-
-
-@dataclass(frozen=True)
-class Env:
-    python: str  # "3.11"
-    torch: str | None  # "2.14.1"; None: torch is not installed
-    cuda: str | None  # torch.version.cuda, "13.0"; None: a CPU build of torch
-    cxx11abi: bool | None  # torch._C._GLIBCXX_USE_CXX11_ABI
-    glibc: str | None = None  # "2.39"
-    gpu: tuple[int, int] | None = None  # compute capability of device 0
-    machine: str = "x86_64"
-    source: str = "this environment"
-
-    def describe(self) -> str:
-        abi = "?" if self.cxx11abi is None else str(self.cxx11abi).upper()
-        gpu = f"sm{self.gpu[0]}{self.gpu[1]}" if self.gpu else "none seen"
-        return (
-            f"Python {self.python}, torch {self.torch or 'not installed'} (CUDA {self.cuda or '-'}, "
-            f"cxx11abi {abi}), glibc {self.glibc or '?'}, {self.machine}, GPU {gpu} [{self.source}]"
-        )
 
 
 @dataclass(frozen=True)
@@ -69,10 +38,12 @@ class Decision:
     wheel: str | None = None
     variant: str | None = None  # the variant index key (local label)
     index_url: str | None = None
-    install: str | None = None
+    install: str | None = None  # the pip line; ``lines`` holds every form
+    lines: Mapping[str, str] = field(default_factory=dict)
     reasons: tuple[str, ...] = ()  # why nothing fits
     nearest: tuple[str, ...] = ()  # closest available wheels and how they differ
     build_command: str | None = None
+    select: tuple[str, ...] = ()  # the build command's --select (matrix.select keys)
     notes: tuple[str, ...] = field(default=())
 
 
@@ -84,8 +55,10 @@ def decide(
     mirror: str = "",
     min_arch: int | None = None,
     variant_archs: Mapping[str, Sequence[int]] | None = None,
+    glibc_floor: Callable[[str], str | None] | None = None,
 ) -> Decision:
-    """Pick the wheel for ``env`` among ``files`` (file names), or explain why none fits."""
+    """Pick the wheel for ``env`` among ``files`` (file names), or explain why none fits. ``glibc_floor(file)`` is
+    the highest GLIBC version the wheel's audit measured (None: unknown); it is asked for fitting wheels only."""
     package = canonicalize_name(package)
     blocker = _env_blocker(env, package, min_arch)
     if blocker:
@@ -99,33 +72,64 @@ def decide(
             continue
         if w.package == package:
             wheels.append((f, w, _mismatches(env, w, variant_archs or {})))
-    notes = () if env.gpu else ("no GPU seen: the GPU architecture was not checked",)
-    fits = [(f, w) for f, w, miss in wheels if not miss]
-    if fits:
-        f, w = max(fits, key=lambda fw: (Version(fw[1].version), fw[1].variant == "", fw[1].platform))
-        label = f.split("-")[1].partition("+")[2]
-        index = f"{mirror.rstrip('/')}/{label}/simple/"
-        version = f.split("-")[1]
-        install = f"pip install '{package}=={version}' --extra-index-url {index}"
-        return Decision(
-            True, env.describe(), wheel=f, variant=label, index_url=index, install=install, notes=notes
-        )
-    ranked = sorted(wheels, key=lambda t: (len(t[2]), t[0]))[:3]
-    nearest = tuple(f"{f} (differs: {'; '.join(miss)})" for f, _, miss in ranked)
-    reason = f"no {package} wheel on the mirror fits" if wheels else f"the mirror has no {package} wheels"
+    notes: tuple[str, ...] = () if env.gpu else ("no GPU seen: the GPU architecture was not checked",)
+    if env.glibc is None:
+        notes += ("glibc unknown: the wheels' glibc floors were not checked",)
+    fits = sorted(((f, w) for f, w, miss in wheels if not miss),
+                  key=lambda fw: (Version(fw[1].version), fw[1].variant == "", fw[1].platform), reverse=True)
+    refused: dict[str, list[str]] = {}
+    for f, _ in fits:
+        floor = glibc_floor(f) if glibc_floor and env.glibc else None
+        if floor and Version(floor) > Version(env.glibc or "0"):
+            refused[f] = [f"its audit says it needs glibc {floor}, the environment has {env.glibc}"]
+            continue
+        if env.prerelease:
+            return _prerelease(env, package, f, wheels, notes)
+        answer = answers.for_wheel(mirror, f)
+        return Decision(True, env.describe(), wheel=f, variant=f.split("-")[1].partition("+")[2],
+                        index_url=answer.index_url, install=answer.pip, lines=answer.lines(), notes=notes)
+    ranked = sorted(((f, refused.get(f, miss)) for f, _, miss in wheels), key=lambda t: (len(t[1]), t[0]))[:3]
+    nearest = tuple(f"{f} (differs: {'; '.join(miss)})" for f, miss in ranked)
+    if refused:
+        reason = f"the {package} wheels that match by name need a newer glibc than {env.glibc}"
+    else:
+        reason = f"no {package} wheel on the mirror fits" if wheels else f"the mirror has no {package} wheels"
+    if env.prerelease:
+        reason += f"; {_prerelease_reason(env)}"
     return Decision(
         False,
         env.describe(),
         reasons=(reason,),
         nearest=nearest,
-        build_command=_build_command(env, package, [w for _, w, _ in wheels]),
+        build_command=build_command(env, package, [w for _, w, _ in wheels]),
+        select=tuple(build_select(env, package, [w for _, w, _ in wheels])),
+        notes=notes,
+    )
+
+
+def _prerelease_reason(env: Env) -> str:
+    local = f"+{env.torch_local}" if env.torch_local else ""
+    return (f"torch {env.torch}{local} is a pre-release build (NGC and nightlies build torch from source): a wheel "
+            f"built against PyPI's torch {naming.torch_tag(env.torch or '')} may fail here with undefined symbols")
+
+
+def _prerelease(env: Env, package: str, file: str, wheels: Sequence[tuple[str, naming.WheelName, list[str]]],
+                notes: tuple[str, ...]) -> Decision:
+    return Decision(
+        False,
+        env.describe(),
+        reasons=(_prerelease_reason(env),),
+        nearest=(f"{file} (matches by name, built against PyPI's torch {naming.torch_tag(env.torch or '')}: "
+                 "at your own risk)",),
+        build_command=build_command(env, package, [w for _, w, _ in wheels], exact_torch=True),
+        select=tuple(build_select(env, package, [w for _, w, _ in wheels])),
         notes=notes,
     )
 
 
 def _env_blocker(env: Env, package: str, min_arch: int | None) -> str | None:
     if env.gpu and min_arch and env.gpu[0] * 10 + env.gpu[1] < min_arch:
-        sm = f"sm{env.gpu[0]}{env.gpu[1]}"
+        sm = gpus.sm(env.gpu)
         return (
             f"GPU {sm} is unsupported by {package}: it needs sm{min_arch} or newer (Ampere+); cards like "
             f"the T4 (sm75) or V100 (sm70) cannot run it, use torch's scaled_dot_product_attention instead"
@@ -134,7 +138,23 @@ def _env_blocker(env: Env, package: str, min_arch: int | None) -> str | None:
         return f"torch is not installed: {package} wheels are built per torch release, install torch first"
     if env.cuda is None:
         return f"torch {env.torch} is a CPU-only build: {package} needs a CUDA build of torch"
+    need = gpus.min_cuda(env.gpu) if env.gpu else None
+    if need and Version(env.cuda) < Version(need):
+        sm = gpus.sm(env.gpu) if env.gpu else "?"
+        return (
+            f"torch {env.torch} is built with CUDA {env.cuda}, which has no kernels for this GPU ({sm} needs CUDA "
+            f"{need} or newer): torch itself will fail on it, whatever {package} wheel is installed; install a torch "
+            f"built for CUDA {need}+ first (e.g. pip install torch --index-url "
+            f"https://download.pytorch.org/whl/cu{need.replace('.', '')})"
+        )
     return None
+
+
+def gpu_runs(variant: str, gpu: tuple[int, int], variant_archs: Mapping[str, Sequence[int]] | None = None) -> bool:
+    """Whether a wheel of ``variant`` has code for ``gpu``: a variant named for its archs (``sm90``, or listed in
+    ``variant_archs``) runs on those only; any other (the standard wheel) on every GPU the package supports."""
+    archs = (variant_archs or {}).get(variant) or _sm_variant_archs(variant)
+    return not archs or gpu[0] * 10 + gpu[1] in archs
 
 
 def _mismatches(env: Env, w: naming.WheelName, variant_archs: Mapping[str, Sequence[int]]) -> list[str]:
@@ -150,12 +170,10 @@ def _mismatches(env: Env, w: naming.WheelName, variant_archs: Mapping[str, Seque
     if env.cxx11abi is not None and w.cxx11abi != env.cxx11abi:
         out.append(f"cxx11abi {str(w.cxx11abi).upper()} ≠ {str(env.cxx11abi).upper()}")
     out.extend(_platform_mismatch(env, w.platform))
-    archs = variant_archs.get(w.variant) or _sm_variant_archs(w.variant)
-    if archs and env.gpu and env.gpu[0] * 10 + env.gpu[1] not in archs:
-        out.append(
-            f"variant {w.variant} has code for sm{','.join(map(str, archs))} only, the GPU is "
-            f"sm{env.gpu[0]}{env.gpu[1]}"
-        )
+    if env.gpu and not gpu_runs(w.variant, env.gpu, variant_archs):
+        archs = (variant_archs or {}).get(w.variant) or _sm_variant_archs(w.variant)
+        have = ",".join(map(str, archs))
+        out.append(f"variant {w.variant} has code for sm{have} only, the GPU is {gpus.sm(env.gpu)}")
     return out
 
 
@@ -175,96 +193,36 @@ def _platform_mismatch(env: Env, platform: str) -> list[str]:
     return out
 
 
-def _build_command(env: Env, package: str, wheels: Sequence[naming.WheelName]) -> str:
+def build_select(env: Env, package: str, wheels: Sequence[naming.WheelName] = ()) -> list[str]:
+    """The ``--select`` of the standard cell for ``env`` (matrix.select's keys and globs)."""
     assert env.torch is not None and env.cuda is not None
     newest = max((w.version for w in wheels), key=Version, default=None)
     digits = naming.era(package, newest).cuda_digits if newest else 1
     cuda_major, cuda_minor = [*env.cuda.split("."), "0"][:2]
     cuda = f"{cuda_major}.*" if digits == 1 else f"{cuda_major}.{cuda_minor}"
     abi = "TRUE" if env.cxx11abi in (True, None) else "FALSE"
-    return (
-        f"nox -s build -- --select package={package} torch={naming.torch_tag(env.torch)} cuda={cuda} "
-        f"python={env.python} cxx11abi={abi}"
-    )
+    return [f"package={package}", f"torch={naming.torch_tag(env.torch)}", f"cuda={cuda}", f"python={env.python}",
+            f"cxx11abi={abi}", "variant="]
 
 
-# -------------------------------------------------------------------------------------- environments
-
-_PROBE = r"""
-import json, os, platform, sys
-env = {"python": "%d.%d" % sys.version_info[:2], "machine": platform.machine(), "torch": None, "cuda": None,
-       "cxx11abi": None, "gpu": None, "glibc": None}
-try:
-    env["glibc"] = os.confstr("CS_GNU_LIBC_VERSION").split()[-1]
-except (ValueError, OSError, AttributeError):
-    pass
-try:
-    import torch
-except ImportError:
-    torch = None
-if torch is not None:
-    env["torch"] = torch.__version__.split("+")[0]
-    env["cuda"] = torch.version.cuda
-    env["cxx11abi"] = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
-    if torch.cuda.is_available():
-        env["gpu"] = list(torch.cuda.get_device_capability(0))
-print(json.dumps(env))
-"""
+def build_command(env: Env, package: str, wheels: Sequence[naming.WheelName] = (), *,
+                  exact_torch: bool = False) -> str:
+    select = " ".join(build_select(env, package, wheels))
+    if exact_torch:  # against the environment's own torch: the host backend with this interpreter (runner torch)
+        return f"wheelfarm build --backend host --python \"$(command -v python)\" --select {select}   # inside it"
+    return f"nox -s build -- --select {select}"
 
 
-def inspect_env(python: str | None = None) -> Env:
-    """Probe ``python`` (default: this interpreter) for the facts a wheel must match."""
-    exe = python or sys.executable
-    try:
-        out = proc.run([exe, "-c", _PROBE], capture=True, quiet=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BadInput(f"--python {exe}: could not probe the interpreter ({exc})") from exc
-    raw = json.loads(out.stdout.strip().splitlines()[-1])
-    gpu = tuple(raw["gpu"]) if raw["gpu"] else None
-    return Env(
-        python=raw["python"],
-        torch=raw["torch"],
-        cuda=raw["cuda"],
-        cxx11abi=raw["cxx11abi"],
-        glibc=raw["glibc"],
-        gpu=gpu,
-        machine=raw["machine"],
-        source="this environment" if python is None else exe,
-    )
+def check_select(select: Sequence[str], matrix: Path) -> str | None:
+    """None when ``select`` picks a cell of ``matrix``, else what to do."""
+    from .config import load
+    from .matrix import expand
+    from .matrix import select as pick
 
-
-def _table() -> dict[str, object]:
-    return tomllib.loads(resources.files("wheelfarm").joinpath("data/images.toml").read_text())
-
-
-def image_env(name: str) -> Env:
-    """The environment of a well-known image, from ``data/images.toml``."""
-    images: dict[str, dict[str, object]] = _table()["images"]  # type: ignore[assignment]
-    if name not in images:
-        close = difflib.get_close_matches(name, list(images), n=3, cutoff=0.5)
-        raise BadInput(
-            f"--image {name!r} is not in wheelfarm/data/images.toml",
-            hint=f"did you mean {', '.join(close)}?"
-            if close
-            else f"known images: {', '.join(sorted(images))}",
-        )
-    img = images[name]
-    return Env(
-        python=str(img["python"]),
-        torch=str(img["torch"]),
-        cuda=str(img["cuda"]),
-        cxx11abi=bool(img["cxx11abi"]),
-        glibc=str(img["glibc"]),
-        machine=str(img.get("machine", "x86_64")),
-        source=f"image {name}",
-    )
-
-
-def min_arch(package: str) -> int | None:
-    """The package's minimum GPU arch (``[packages.<name>] min-arch`` in data/images.toml)."""
-    packages: dict[str, dict[str, int]] = _table().get("packages", {})  # type: ignore[assignment]
-    entry = packages.get(canonicalize_name(package))
-    return int(entry["min-arch"]) if entry and "min-arch" in entry else None
+    if pick(expand(load(matrix)), select):
+        return None
+    return (f"{matrix} has no such cell yet: add the torch/CUDA/Python to a [[matrix]] block (one toml edit), then "
+            "run that command")
 
 
 # ----------------------------------------------------------------------------------------- the mirror
@@ -292,47 +250,36 @@ def _no_mirror(mirror: str) -> BadInput:
                          "or publish into it first")
 
 
-def _mirror_exists(mirror: str) -> bool:
-    root = f"{mirror}/simple/" + ("index.html" if mirror.startswith("file:") else "")
+def _get(mirror: str, url: str) -> bytes | None:
     try:
-        with urllib.request.urlopen(root, timeout=60):
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
+        return mirror_read.get(url)
+    except (urllib.error.URLError, OSError) as exc:
+        raise BadInput(f"--index-url {mirror}: cannot read {url} ({exc})") from exc
 
 
-class _Links(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
+class MirrorView:
+    """The wheels of one project on a mirror, and the glibc floor their audits measured (read on demand)."""
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        href = dict(attrs).get("href")
-        if tag == "a" and href:
-            self.hrefs.append(href)
+    def __init__(self, mirror: str, package: str) -> None:
+        self.mirror = mirror
+        found = mirror_read.project_wheels(mirror, canonicalize_name(package), lambda u: _get(mirror, u))
+        if found is None and _get(mirror, f"{mirror}/simple/") is None:
+            raise _no_mirror(mirror)
+        self.urls = found or {}
+
+    @property
+    def files(self) -> list[str]:
+        return sorted(self.urls)
+
+    def glibc_floor(self, file: str) -> str | None:
+        data = _get(self.mirror, self.urls[file] + ".audit.json")
+        try:
+            doc = json.loads(data) if data else None
+            return str(doc["glibc"]["max_glibc"]) if doc and doc.get("glibc") else None
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 def available_wheels(mirror: str, package: str) -> list[str]:
-    """The wheel file names that the mirror's global ``simple/<package>/`` page links to."""
-    page = f"{mirror}/simple/{canonicalize_name(package)}/"
-    if page.startswith("file:"):
-        page += "index.html"
-    try:
-        with urllib.request.urlopen(page, timeout=60) as resp:
-            text = resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:  # no such project page: an empty mirror for this package, or no mirror at all
-            if not _mirror_exists(mirror):
-                raise _no_mirror(mirror) from exc
-            return []
-        raise BadInput(f"--index-url {mirror}: {page} answered HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        if page.startswith("file:") and isinstance(getattr(exc, "reason", exc), FileNotFoundError):
-            if not _mirror_exists(mirror):
-                raise _no_mirror(mirror) from exc
-            return []
-        raise BadInput(f"--index-url {mirror}: cannot read {page} ({exc})") from exc
-    parser = _Links()
-    parser.feed(text)
-    names = (urllib.parse.unquote(urllib.parse.urlsplit(h).path.rsplit("/", 1)[-1]) for h in parser.hrefs)
-    return sorted(n for n in names if n.endswith(".whl"))
+    """The wheel file names the mirror holds for ``package`` (through the global page and the variant pages)."""
+    return MirrorView(mirror, package).files
