@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -248,3 +249,94 @@ def test_a_swapped_wheel_is_rejected_by_its_sha256(
     result = install("uv", python, variant_index(broken.as_uri()))
     assert result.returncode != 0 and "hash mismatch" in result.stderr.lower()
     assert installed(python) == (None, "2.14.1")
+
+
+# ------------------------------------------------------------------- the lines resolve prints, and the global rule
+
+
+@pytest.fixture(scope="module")
+def default_index(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A STAND-IN for PyPI (the consumer's default index): einops, a NEWER torch, and a newer unlabelled
+    fixture-attn 0.2.0 that would win if a line did not pin the variant's whole version."""
+    root = tmp_path_factory.mktemp("pypi")
+    ws = [make_wheel(root / "house", "einops", "0.8.1", requires_python=None),
+          make_wheel(root / "house", "torch", "2.15.0", requires_python=None),
+          make_wheel(root / "house", "fixture-attn", "0.2.0", requires_dist=["torch"])]
+    for w in ws:
+        write_result(w, ".audit.json", True)
+    publish(LocalStore(root / "index"), ws, Options())
+    return (root / "index").as_uri() + "/simple/"
+
+
+@pytest.fixture(scope="module")
+def einops_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The farm's mirror: two variants of fixture-attn that need einops at run time, as flash-attn does."""
+    root = tmp_path_factory.mktemp("farm")
+    ws = []
+    for label, pin in ((CU13, "torch>=2.14,<2.15"), (CU12, "torch>=2.8,<2.9")):
+        ws.append(make_wheel(root / "house", "fixture-attn", f"0.1.0+{label}", requires_dist=[pin, "einops"]))
+        write_result(ws[-1], ".audit.json", True)
+    publish(LocalStore(root / "mirror"), ws, Options())
+    return root / "mirror"
+
+
+def printed_lines(mirror: Path) -> dict[str, str]:
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    out = subprocess.run([sys.executable, "-m", "wheelfarm.cli", "resolve", "--index-url", str(mirror), "--package",
+                          "fixture-attn", "--python", py, "--torch", "2.14.1", "--cuda", "13.0", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    lines: dict[str, str] = json.loads(out)["lines"]
+    return lines
+
+
+def run_line(line: str, python: Path, default: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run a printed line as a person would, in the venv, with ``default`` as the default index (PyPI's place)."""
+    env = installer_env() | {"PIP_INDEX_URL": default, "UV_DEFAULT_INDEX": default}
+    words = shlex.split(line)
+    while "=" in words[0]:  # the environment-variable forms
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    if "\n" in line:  # requirements.txt: the file, then `pip install -r` / `uv pip install -r`
+        (tmp_path / "requirements.txt").write_text(line + "\n")
+        words = ["pip", "install", "-r", str(tmp_path / "requirements.txt")]
+    if words[0] == "pip":
+        cmd = [sys.executable, "-m", "pip", "--python", str(python), *words[1:]]
+    else:
+        cmd = [str(UV), "pip", "install", "--python", str(python), *words[3:]]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def dists(python: Path) -> dict[str, str]:
+    code = "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    return dict(json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                                          check=True).stdout))
+
+
+@pytest.mark.parametrize("form", ["pip", "uv", "pip (env)", "uv (env)", "requirements.txt"])
+def test_the_printed_line_installs_the_variant_with_einops_and_leaves_torch(
+    tmp_path: Path, form: str, einops_mirror: Path, default_index: str, wheels: dict[str, Path]
+) -> None:
+    line = printed_lines(einops_mirror)[form]
+    python = venv_with_torch(tmp_path, wheels)
+    result = run_line(line, python, default_index, tmp_path)
+    assert result.returncode == 0, line + "\n" + result.stdout + result.stderr
+    assert dists(python) == {"fixture-attn": WANT, "torch": "2.14.1", "einops": "0.8.1"}, line
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_the_global_index_never_hands_out_a_variant(
+    tmp_path: Path, installer: str, einops_mirror: Path, default_index: str, wheels: dict[str, Path]
+) -> None:
+    """Alone, the global simple/ index installs nothing (it lists no labelled wheel). Beside the default index,
+    pip (which merges indexes) takes that index's plain release; uv (first index that has the project wins) stops
+    at the mirror's empty page. Neither gets one of the mirror's variants by the string order of local labels."""
+    python = venv_with_torch(tmp_path, wheels)
+    alone = install(installer, python, einops_mirror.as_uri() + "/simple/")
+    assert alone.returncode != 0 and installed(python) == (None, "2.14.1")
+    beside = install(installer, python, default_index, "--extra-index-url", einops_mirror.as_uri() + "/simple/")
+    if installer == "pip":
+        assert beside.returncode == 0, beside.stdout + beside.stderr
+        assert dists(python)["fixture-attn"] == "0.2.0"
+    else:
+        assert beside.returncode != 0 and "no versions of fixture-attn" in beside.stderr
+        assert installed(python) == (None, "2.14.1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -56,8 +57,18 @@ def state_of(store: Store) -> State:
 
 
 def linked_files(store: Store, page: str) -> list[str]:
+    """The wheels a page links, through the variant pages a global page links (index.py's global rule)."""
     data = store.get(page) if not isinstance(store, LocalStore) else (store.root / page).read_bytes()
-    return [urllib.parse.unquote((a["href"] or "").split("#")[0].rsplit("/", 1)[-1]) for a in anchors(data)]
+    assert data is not None, page
+    files = []
+    for a in anchors(data):
+        href = urllib.parse.unquote((a["href"] or "").split("#")[0])
+        if href.endswith("/"):  # a variant's project page
+            files += linked_files(store, posixpath.normpath(posixpath.join(posixpath.dirname(page), href))
+                                  + "/index.html")
+        else:
+            files.append(href.rsplit("/", 1)[-1])
+    return files
 
 
 # ------------------------------------------------------------------------------------------ immutability
@@ -94,7 +105,7 @@ def test_replace_overwrites_and_logs_the_old_hash(tmp_path: Path) -> None:
     state = state_of(store)
     assert [(r.file, r.old_sha256) for r in state.replaced] == [(new.name, old_sha)]
     assert state.entries[0].sha256 == hashlib.sha256(new.read_bytes()).hexdigest() != old_sha
-    page = (tmp_path / "mirror/simple/fixture-attn/index.html").read_text()
+    page = (tmp_path / f"mirror/{CU13}/simple/fixture-attn/index.html").read_text()
     assert state.entries[0].sha256 in page and old_sha not in page
 
 

@@ -174,7 +174,7 @@ def image_env(name: str, machine: str | None = None) -> Env:
         glibc=str(img["glibc"]),
         machine=machine or machines[0],
         source=f"image {name}" + ("" if img.get("verified", False) else ", facts not verified in the image"),
-        torch_local=str(img.get("torch-local", local)),
+        torch_local=str(img.get("torch-local", local)).lstrip("+"),
     )
 
 

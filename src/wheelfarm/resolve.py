@@ -101,7 +101,7 @@ def decide(
         env.describe(),
         reasons=(reason,),
         nearest=nearest,
-        build_command=build_command(env, package, [w for _, w, _ in wheels]),
+        build_command=build_command(env, package, [w for _, w, _ in wheels], exact_torch=env.prerelease),
         select=tuple(build_select(env, package, [w for _, w, _ in wheels])),
         notes=notes,
     )
