@@ -163,7 +163,7 @@ def test_shipped_matrix_has_upstream_and_test_environments() -> None:
     assert "flash_attn-2.8.3.post2+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl" in wheels
     assert "flash_attn-2.8.3.post2+cu12torch2.4cxx11abiFALSE-cp310-cp310-linux_x86_64.whl" in wheels
     dev = select(cells, ["torch=2.14", "python=3.11", "cuda=13.0", "cxx11abi=true"])
-    gpu = select(cells, ["torch=2.11", "python=3.12", "cuda=13.0", "cxx11abi=TRUE"])
+    gpu = select(cells, ["torch=2.11", "python=3.12", "cuda=13.0", "cxx11abi=TRUE", "variant=sm90"])
     assert dev and gpu
     assert gpu[0].wheel == "flash_attn-2.8.3.post2+cu13torch2.11cxx11abiTRUE.sm90-cp312-cp312-linux_x86_64.whl"
     assert gpu[0].archs == ("90",)
@@ -187,7 +187,8 @@ def test_select_globs_and_alternatives() -> None:
     cells = expand(load(ROOT / "build_matrix.toml"))
     picked = select(cells, ["torch=2.[78]", "python=3.12", "cxx11abi=true", "variant="])
     assert sorted({c.torch for c in picked}) == ["2.7", "2.8"]
-    both = select(cells, ["python=3.9", "python=3.10", "torch=2.8"])
+    both = select(cells, ["python=3.9", "python=3.10", "torch=2.8", "version=2.8.3.post2", "platform=*x86_64",
+                          "variant="])
     assert sorted(c.python for c in both) == ["3.10", "3.9"]
 
 

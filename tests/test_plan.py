@@ -30,6 +30,7 @@ from wheelgen import make_wheel, write_result
 ROOT = Path(__file__).resolve().parents[1]
 MATRIX = str(ROOT / "build_matrix.toml")
 FIXTURE = ["package=fixture-attn"]
+RUNNERS = {name: p.runner for name, p in load(MATRIX).platforms.items()}  # [platforms] of the shipped matrix
 
 
 def cell(python: str = "3.12", torch: str = "2.8", abi: bool = True, variant: str = "",
@@ -54,7 +55,8 @@ def test_one_job_per_group_with_all_its_pythons() -> None:
         assert {c.group for c in job.cells} == {job.group}
     assert result.matrices() == [{"include": [j.to_json() for j in result.jobs]}]
     entry = result.jobs[0].to_json()
-    assert set(entry) == {"group", "platform", "select", "pythons", "cells"}
+    assert set(entry) == {"group", "platform", "runner", "select", "pythons", "cells"}
+    assert entry["runner"] == "ubuntu-24.04"
     assert entry["cells"] == 4 and entry["pythons"] == ["3.9", "3.10", "3.11", "3.12"]
 
 
@@ -70,9 +72,13 @@ def test_only_the_missing_pythons_are_planned() -> None:
 def test_groups_split_by_abi_archs_variant_and_platform() -> None:
     cells = [cell(abi=False), cell(abi=True), cell(archs=("90",)), cell(variant="sm90", archs=("90",)),
              cell(platform="linux_aarch64")]
-    result = plan(cells, present=set())
+    result = plan(cells, present=set(), runners=RUNNERS)
     assert len(result.jobs) == 5
     assert {(j.group, j.platform) for j in result.jobs} == {(c.group, c.platform) for c in cells}
+    assert {j.platform: j.runner for j in result.jobs} == {"linux_x86_64": "ubuntu-24.04",
+                                                          "linux_aarch64": "ubuntu-24.04-arm"}
+    with pytest.raises(BadInput, match="no CI runner for platform linux_aarch64"):
+        plan(cells, present=set(), runners={"linux_x86_64": "ubuntu-24.04"})
 
 
 def test_nothing_missing_plans_nothing() -> None:
@@ -90,7 +96,7 @@ def test_force_plans_everything() -> None:
 
 def test_select_picks_exactly_each_jobs_cells_from_the_whole_matrix(matrix_cells: list[Cell]) -> None:
     present = {c.wheel for i, c in enumerate(matrix_cells) if i % 3 == 0}  # every third cell is published
-    result = plan(matrix_cells, present)
+    result = plan(matrix_cells, present, runners=RUNNERS)
     assert {c.wheel for c in result.missing} == {c.wheel for c in matrix_cells} - present
     picked = []
     for job in result.jobs:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import log
-from .compat import torch_cuda_build
+from .compat import from_pypi, torch_cuda_build
 from .config import Config, CudaRelease
 from .errors import BadInput, BuildFailed
 from .matrix import Cell
@@ -82,7 +82,8 @@ def _venv_python(venv: Path) -> Path:
 
 def ensure_build_env(config: Config, cell: Cell, *, refresh: bool = False) -> Path:
     """A venv (cached, shared by all cells with the same Python/torch/CUDA build) holding the cell's torch."""
-    torch_cuda = torch_cuda_build(config.torch[cell.torch], cell.cuda)
+    release = config.torch[cell.torch]
+    torch_cuda = torch_cuda_build(release, cell.cuda, cell.cxx11abi, cell.platform)
     assert torch_cuda is not None  # matrix.expand rejected the cell otherwise
     tag = f"{cell.python_tag}-torch{cell.torch}-cu{torch_cuda.replace('.', '')}"
     venv = cache_dir() / "venvs" / tag
@@ -95,9 +96,8 @@ def ensure_build_env(config: Config, cell: Cell, *, refresh: bool = False) -> Pa
         py = _venv_python(venv)
         pip: list[str | Path] = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         run([*pip, "--upgrade", "pip", "setuptools>=69", "wheel", "ninja", "packaging", "psutil"])
-        release = config.torch[cell.torch]
         torch_req = f"torch=={cell.torch}.*"
-        if release.pypi_cuda == torch_cuda:
+        if from_pypi(release, torch_cuda, cell.platform):
             run([*pip, torch_req])
         else:
             index = config.cuda[torch_cuda].index_url if torch_cuda in config.cuda else None

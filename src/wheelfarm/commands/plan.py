@@ -81,7 +81,8 @@ def execute(args: argparse.Namespace) -> int:
         target, lambda t: open_store(t, endpoint_url=args.endpoint_url))
     description = reader.description if reader else target
     result, seconds = plan_against(cells, reader, force=args.force, require_gpu=args.require_gpu_result,
-                                   chunk_size=args.max_jobs)
+                                   chunk_size=args.max_jobs,
+                                   runners={name: p.runner for name, p in config.platforms.items()})
     warnings = [f"{wheel}: stored in {description} without a passing result; a rebuild publishes only with "
                 "`publish --replace`" for wheel in result.incomplete]
     if result.chunks[1:]:
