@@ -6,9 +6,12 @@ import dataclasses
 import difflib
 import fnmatch
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from packaging.version import InvalidVersion, Version
 
 from . import naming
 from .compat import impossible, torch_cuda_build
@@ -145,6 +148,33 @@ def expand(config: Config) -> list[Cell]:
             seen[cell.wheel] = key
             cells.append(cell)
     return cells
+
+
+SUMMARY_AXES = ("package", "version", "torch", "cuda", "python", "cxx11abi", "platform", "variant")
+
+
+def _summary_value(cell: Cell, axis: str) -> str:
+    if axis == "version":  # versions of different packages are different things (flash-attn 2.8.3.post2)
+        return f"{cell.package} {cell.version}"
+    return _cell_value(cell, axis) or "-"
+
+
+def _summary_order(value: str) -> tuple[Any, ...]:
+    """Versions in numeric order (torch 2.9 before 2.10), anything else by name."""
+    parts = value.rsplit(" ", 1)
+    try:
+        return (parts[0] if len(parts) == 2 else "", Version(parts[-1]), value)
+    except InvalidVersion:
+        return (value, Version("0"), value)
+
+
+def summary(cells: Sequence[Cell]) -> dict[str, dict[str, int]]:
+    """Cell counts per value of each axis (and ``total``): what ``wheelfarm matrix --summary`` prints."""
+    out: dict[str, dict[str, int]] = {"total": {"cells": len(cells)}}
+    for axis in SUMMARY_AXES:
+        counts = Counter(_summary_value(c, axis) for c in cells)
+        out[axis] = {value: counts[value] for value in sorted(counts, key=_summary_order)}
+    return out
 
 
 SELECT_KEYS = ("package", "version", "torch", "cuda", "python", "cxx11abi", "archs", "variant", "platform",
