@@ -344,8 +344,8 @@ REFUSED = [
     ("no build of that ABI", lambda t: t.replace('cxx11abi = [true, false]\n', 'cxx11abi = [true, false]\n'
                                                  'cuda-abi = { "12.4" = [false] }\n'), "[[matrix]]",
      ["torch 2.4 has no CUDA 12.x build with cxx11abi=TRUE", "cu124: FALSE"]),
-    ("cuda-abi of a build the torch lacks", lambda t: t.replace('cxx11abi = [true, false]\n',
-                                                                'cxx11abi = [true, false]\ncuda-abi = { "12.6" = [true] }\n'),
+    ("cuda-abi of a build the torch lacks",
+     lambda t: t.replace('cxx11abi = [true, false]\n', 'cxx11abi = [true, false]\ncuda-abi = { "12.6" = [true] }\n'),
      "cuda-abi", ["names CUDA '12.6'", "11.8, 12.4"]),
     ("toolkit outside the version's range", lambda t: t.replace('archs = ["80", "90"]\n',
                                                                 'archs = ["80", "90"]\ncuda = "<12.9"\n', 1),
