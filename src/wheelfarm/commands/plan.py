@@ -68,7 +68,7 @@ def _report(result: Plan, target: str, seconds: float) -> str:
     lines = [f"{how} in {target} → {len(result.jobs)} build job(s) in {len(result.chunks)} chunk(s) "
              f"of ≤{result.chunk_size} ({seconds:.1f}s)"]
     for job in result.jobs:
-        lines.append(f"  {job.group} [{job.platform}] python {' '.join(job.pythons)}")
+        lines.append(f"  {job.group} [{job.platform}, runs on {job.runner}] python {' '.join(job.pythons)}")
         lines.append(f"      wheelfarm build --select {' '.join(job.select)}")
     return "\n".join(lines)
 
