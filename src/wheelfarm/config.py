@@ -255,7 +255,7 @@ class _Reader:
             return SpecifierSet(spec)
         except InvalidSpecifier:
             raise self.error((*key, name), f"{_dotted((*key, name))} is not a version specifier: {spec!r}",
-                             hint='e.g. ">=3.10,<3.15"') from None
+                             hint='e.g. ">=3.10,<3.15" or ">=11.7,<13"') from None
 
     def bools(self, table: Mapping[str, Any], name: str, key: KeyPath) -> tuple[bool, ...]:
         value = self.get(table, name, list, key)
