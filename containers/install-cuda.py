@@ -41,8 +41,18 @@ gpgkey=https://developer.download.nvidia.com/compute/cuda/repos/rhel8/{arch}/D42
 def cuda_table(pins: dict, cuda: str) -> dict:
     table = pins.get("cuda", {}).get(cuda)
     if table is None:
-        sys.exit(f"install-cuda: CUDA {cuda!r} is not pinned; pinned: {', '.join(pins.get('cuda', {}))}")
+        sys.exit(f"install-cuda: CUDA {cuda!r} is not pinned; pinned: {', '.join(pins.get('cuda', {}))} "
+                 "(add it: scripts/update-pins.py --cuda ...)")
+    if source_for(cuda) != table.get("source"):
+        sys.exit(f"install-cuda: CUDA {cuda} must come from source = {source_for(cuda)!r}, pins.toml says "
+                 f"{table.get('source')!r}: CUDA 11/12 PyPI wheels carry no nvcc driver, only ptxas and libnvvm")
     return table
+
+
+def source_for(cuda: str) -> str:
+    """Where a CUDA_HOME of ``cuda`` can come from: PyPI wheels from CUDA 13 (nvcc, cicc, fatbinary, nvlink all
+    in wheels); before that only NVIDIA's RHEL 8 repo (nvidia-cuda-nvcc-cu12 has no bin/nvcc)."""
+    return "pypi" if int(cuda.split(".")[0]) >= 13 else "rpm"
 
 
 def requirements(table: dict, arch: str) -> str:

@@ -60,8 +60,9 @@ RPM_NAMES = {
     "nvidia-nvjitlink-cu12": "libnvjitlink-devel",
 }
 # cuda-toolkit releases that are a CUDA release (the RHEL repo's contents); otherwise the newest of the minor.
-# PyPI's 12.8.2 is newer than CUDA 12.8 Update 1 (12.8.1): its cuBLAS 12.8.5.5 is not known to be in the repo.
-TOOLKIT_RELEASE = {"12.8": "12.8.1"}
+# PyPI's 12.8.2 is newer than CUDA 12.8 Update 1 (12.8.1): its cuBLAS 12.8.5.5 is not known to be in the repo;
+# likewise PyPI's 12.9.2 (cuBLAS 12.9.2.10) against CUDA 12.9 Update 1 (12.9.1, what upstream flash-attn uses).
+TOOLKIT_RELEASE = {"12.8": "12.8.1", "12.9": "12.9.1"}
 TOOLKIT_NUMBERED = (
     "nvidia-cuda-nvcc",
     "nvidia-cuda-runtime",

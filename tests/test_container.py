@@ -347,6 +347,59 @@ def test_cuda_pins_are_exact_and_complete(cuda):
         assert name.endswith(cuda.replace(".", "-")) and version.endswith("-1")
 
 
+def _matrix_cudas() -> dict[str, object]:
+    from wheelfarm.config import load
+    from wheelfarm.matrix import expand
+
+    config = load(REPO / "build_matrix.toml")
+    return {c.cuda: config.cuda[c.cuda] for c in expand(config)}
+
+
+@pytest.mark.parametrize("cuda", sorted(_matrix_cudas()))
+def test_every_matrix_cuda_has_an_image_recipe_pin(cuda):
+    """The container path of every cell: a pins.toml table per CUDA of the matrix; CUDA 12 (no nvcc on PyPI,
+    nvcc-in-wheels = false in build_matrix.toml) from NVIDIA's RHEL 8 RPMs of the same nvcc the toml pins."""
+    facts = _matrix_cudas()[cuda]
+    table = PINS["cuda"].get(cuda)
+    assert table is not None, f"CUDA {cuda} is in the matrix but not in containers/pins.toml"
+    assert table["source"] == ("pypi" if facts.nvcc_in_wheels else "rpm")
+    nvcc = next(p for p in facts.toolkit if p.startswith("nvidia-cuda-nvcc"))
+    name, version = nvcc.split("==")
+    assert table["versions"][name] == version  # the recipe's toolkit is the one the toml names
+    if table["source"] == "rpm":
+        assert table["rpms"][f"cuda-nvcc-{cuda.replace('.', '-')}"] == f"{version}-1"
+        assert table["toolkit"].startswith(f"{cuda}.")
+
+
+def test_install_cuda_refuses_a_cuda_12_from_wheels(tmp_path):
+    install_cuda = _load_script(REPO / "containers/install-cuda.py")
+    assert (install_cuda.source_for("12.9"), install_cuda.source_for("13.0")) == ("rpm", "pypi")
+    assert install_cuda.cuda_table(PINS, "12.8")["source"] == "rpm"
+    wrong = {"cuda": {"12.9": {**PINS["cuda"]["12.8"], "source": "pypi"}}}
+    with pytest.raises(SystemExit, match=r"CUDA 12\.9 must come from source = 'rpm'.*no nvcc driver"):
+        install_cuda.cuda_table(wrong, "12.9")
+    with pytest.raises(SystemExit, match=r"CUDA '12\.5' is not pinned.*update-pins"):
+        install_cuda.cuda_table(PINS, "12.5")
+
+
+def test_a_host_build_without_a_cuda_12_toolkit_is_refused_first(tmp_path, capsys):
+    """On a host, a CUDA 12 cell needs --cuda-home (PyPI has no nvcc 12): exit 2 before any download or folder."""
+    from wheelfarm.cli import main
+
+    work, house = tmp_path / "work", tmp_path / "house"
+    args = ["build", "--backend", "host", "--work-dir", str(work), "--wheelhouse", str(house),
+            "--matrix", str(REPO / "build_matrix.toml"), "--select", "version=2.7.4.post1", "torch=2.8",
+            "python=3.12", f"platform=linux_{os.uname().machine}"]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 selected cell(s) build with CUDA 12.9" in err and "carry no nvcc" in err
+    assert "--cuda-home /usr/local/cuda-12.9" in err and f"manylinux_2_28_{os.uname().machine}-cuda12.9" in err
+    assert not work.exists() and not house.exists()
+    other = "linux_aarch64" if os.uname().machine == "x86_64" else "linux_x86_64"
+    assert main([*args[:-1], f"platform={other}", "--cuda-home", str(tmp_path)]) == 2
+    assert f"this host builds linux_{os.uname().machine} wheels only" in " ".join(capsys.readouterr().err.split())
+
+
 def test_install_cuda_requirements_are_hashed():
     install_cuda = _load_script(REPO / "containers/install-cuda.py")
     table = install_cuda.cuda_table(PINS, "13.0")

@@ -30,6 +30,7 @@ from wheelgen import make_wheel, write_result
 ROOT = Path(__file__).resolve().parents[1]
 MATRIX = str(ROOT / "build_matrix.toml")
 FIXTURE = ["package=fixture-attn"]
+RUNNERS = {name: p.runner for name, p in load(MATRIX).platforms.items()}  # [platforms] of the shipped matrix
 
 
 def cell(python: str = "3.12", torch: str = "2.8", abi: bool = True, variant: str = "",
@@ -54,7 +55,8 @@ def test_one_job_per_group_with_all_its_pythons() -> None:
         assert {c.group for c in job.cells} == {job.group}
     assert result.matrices() == [{"include": [j.to_json() for j in result.jobs]}]
     entry = result.jobs[0].to_json()
-    assert set(entry) == {"group", "platform", "select", "pythons", "cells"}
+    assert set(entry) == {"group", "platform", "runner", "select", "pythons", "cells"}
+    assert entry["runner"] == "ubuntu-24.04"
     assert entry["cells"] == 4 and entry["pythons"] == ["3.9", "3.10", "3.11", "3.12"]
 
 
@@ -70,9 +72,13 @@ def test_only_the_missing_pythons_are_planned() -> None:
 def test_groups_split_by_abi_archs_variant_and_platform() -> None:
     cells = [cell(abi=False), cell(abi=True), cell(archs=("90",)), cell(variant="sm90", archs=("90",)),
              cell(platform="linux_aarch64")]
-    result = plan(cells, present=set())
+    result = plan(cells, present=set(), runners=RUNNERS)
     assert len(result.jobs) == 5
     assert {(j.group, j.platform) for j in result.jobs} == {(c.group, c.platform) for c in cells}
+    assert {j.platform: j.runner for j in result.jobs} == {"linux_x86_64": "ubuntu-24.04",
+                                                          "linux_aarch64": "ubuntu-24.04-arm"}
+    with pytest.raises(BadInput, match="no CI runner for platform linux_aarch64"):
+        plan(cells, present=set(), runners={"linux_x86_64": "ubuntu-24.04"})
 
 
 def test_nothing_missing_plans_nothing() -> None:
@@ -90,7 +96,7 @@ def test_force_plans_everything() -> None:
 
 def test_select_picks_exactly_each_jobs_cells_from_the_whole_matrix(matrix_cells: list[Cell]) -> None:
     present = {c.wheel for i, c in enumerate(matrix_cells) if i % 3 == 0}  # every third cell is published
-    result = plan(matrix_cells, present)
+    result = plan(matrix_cells, present, runners=RUNNERS)
     assert {c.wheel for c in result.missing} == {c.wheel for c in matrix_cells} - present
     picked = []
     for job in result.jobs:
@@ -201,7 +207,7 @@ def fixture_cells() -> list[Cell]:
 def stand_in(cell_: Cell, dest: Path, *, audit: bool | None = True, gpu: bool | None = None) -> Path:
     """A wheel named like the cell (pure-Python stand-in payload) with the given side files."""
     version = cell_.wheel.split("-")[1]
-    wheel = make_wheel(dest, cell_.package, version, python_tag=cell_.python_tag)
+    wheel = make_wheel(dest, cell_.package, version, python_tag=cell_.python_tag, platform=cell_.platform)
     assert wheel.name == cell_.wheel
     if audit is not None:
         write_result(wheel, ".audit.json", audit)
@@ -331,3 +337,94 @@ def test_cli_against_a_served_mirror(mirror: Path, served: str, capsys: pytest.C
 def test_bad_max_jobs_exits_2(mirror: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_plan(capsys, str(mirror), "--max-jobs", "300")
     assert code == 2 and "between 1 and 256" in err
+
+
+# ------------------------------------------------------------ time to a new release: one toml edit (issue 18)
+
+TORCH_2_15 = '''
+[torch."2.15"]
+cuda = ["12.6", "13.0", "13.2"]
+pypi-cuda = "13.2"
+python = ">=3.11,<3.16"
+cxx11abi = [true]
+cxx-std = 20
+
+[torch."2.15".linux_aarch64]
+cuda = ["12.6", "13.0", "13.2"]
+'''
+
+
+def with_torch_2_15(tmp_path: Path) -> Path:
+    """The shipped matrix plus one new cell family: a [torch."2.15"] table, "2.15" in the FA2 blocks' torch axis,
+    and an exclude for the Python it has no wheels for (refused with that reason otherwise)."""
+    text = Path(MATRIX).read_text()
+    cu12 = '"2.13", "2.14"]\ncuda = ["12.9"]'
+    cu13 = '"2.13", "2.14"]\ncuda = ["13.0"]\npython = ["3.10", "3.11", "3.12", "3.13", "3.14"]\ncxx11abi = [true]\n'
+    assert text.count(cu12) == text.count(cu13) == 1
+    text = text.replace(cu12, cu12.replace('"2.14"]', '"2.14", "2.15"]'))
+    no_cp310 = 'exclude = [{ torch = "2.15", python = "3.10" }]\n'
+    text = text.replace(cu13, cu13.replace('"2.14"]', '"2.14", "2.15"]') + no_cp310)
+    text = text.replace("exclude = [\n    { torch = [\"2.6\", \"2.7\", \"2.8\"], python = \"3.14\" },",
+                        "exclude = [\n    { torch = \"2.15\", python = \"3.10\" },\n"
+                        "    { torch = [\"2.6\", \"2.7\", \"2.8\"], python = \"3.14\" },", 1)
+    text = text.replace("\n# For reference, not asked for", TORCH_2_15 + "\n# For reference, not asked for", 1)
+    path = tmp_path / "build_matrix.toml"
+    path.write_text(text)
+    (tmp_path / "patches").symlink_to(ROOT / "patches")
+    return path
+
+
+def test_a_new_torch_plans_exactly_its_jobs(tmp_path: Path) -> None:
+    """Against a mirror holding every cell of the shipped matrix (complete, passing audits), the edited matrix
+    plans only the new torch's cells: one job per (CUDA major, platform), the Pythons 3.11-3.14 together."""
+    before = {c.wheel for c in expand(load(MATRIX))}
+    config = load(with_torch_2_15(tmp_path))
+    after = expand(config)
+    new = [c for c in after if c.wheel not in before]
+    assert new and {c.torch for c in new} == {"2.15"} and before < {c.wheel for c in after}
+    files = {}
+    for c in after:
+        if c.wheel in before:
+            files[wheel_path(c)] = b""
+            files[wheel_path(c) + ".audit.json"] = _result(True)
+    held = holding(after, FakeReader(files))
+    assert held.present == before and not held.incomplete
+    result = plan(after, held.present, runners={n: p.runner for n, p in config.platforms.items()})
+    assert sorted(result.missing) == sorted(new)
+    jobs = {(j.group, j.platform): (j.pythons, j.runner) for j in result.jobs}
+    label = "flash-attn-2.8.3.post2+cu{}torch2.15cxx11abiTRUE-sm80_90_100_120"
+    assert jobs == {(label.format(cuda), platform): (("3.11", "3.12", "3.13", "3.14"), runner)
+                    for cuda in (12, 13)
+                    for platform, runner in (("linux_x86_64", "ubuntu-24.04"), ("linux_aarch64", "ubuntu-24.04-arm"))}
+    for job in result.jobs:
+        assert sorted(select(after, job.select)) == sorted(job.cells)
+
+
+def test_cli_plans_only_the_new_torch_against_a_real_mirror(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same through the CLI and a real local mirror holding the published neighbours (torch 2.14's
+    standard FA2 cells, stand-in wheels with passing audits): only torch 2.15's jobs come out, with runners."""
+    path = with_torch_2_15(tmp_path)
+    scope = ["package=flash-attn", "torch=2.1[45]", "variant="]
+    cells = select(expand(load(path)), scope)
+    old = [c for c in cells if c.torch == "2.14"]
+    publish(LocalStore(tmp_path / "mirror"), [stand_in(c, tmp_path / "house") for c in old], Options())
+    capsys.readouterr()
+    assert main(["plan", "--matrix", str(path), "--select", *scope, "--against", str(tmp_path / "mirror"),
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["cells"], doc["present"]) == (len(cells), len(old))
+    include = doc["chunks"][0]["include"]
+    assert sorted((e["group"].split("+")[1].split("-")[0], e["runner"]) for e in include) == sorted(
+        (f"cu{m}torch2.15cxx11abiTRUE", r) for m in (12, 13) for r in ("ubuntu-24.04", "ubuntu-24.04-arm"))
+    assert sum(e["cells"] for e in include) == doc["missing"] == len(cells) - len(old)
+
+
+def test_the_shipped_matrix_fits_one_github_matrix(matrix_cells: list[Cell]) -> None:
+    """An empty mirror plans every cell: one job per (package, version, torch, CUDA, ABI, archs, variant,
+    platform), within GitHub's 256 jobs of one matrix; aarch64 jobs go to arm runners."""
+    result = plan(matrix_cells, set(), runners=RUNNERS)
+    keys = {(c.package, c.version, c.torch, c.cuda, c.cxx11abi, c.archs, c.variant, c.platform)
+            for c in matrix_cells}
+    assert len(result.jobs) == len(keys) and len(result.chunks) == 1 and len(result.jobs) <= MATRIX_LIMIT
+    assert {j.runner for j in result.jobs if j.platform == "linux_aarch64"} == {"ubuntu-24.04-arm"}
+    assert {j.runner for j in result.jobs if j.platform == "linux_x86_64"} == {"ubuntu-24.04"}

@@ -80,6 +80,15 @@ def test_plan_matrix_keys_are_exactly_what_the_build_job_reads(farm: dict[str, A
     assert all(len(m["include"]) <= 256 for m in [json.loads(outputs["matrix"])])
 
 
+def test_build_jobs_run_on_their_platforms_runner(farm: dict[str, Any], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """aarch64 jobs go to arm runners: the label comes from [platforms] of build_matrix.toml through the plan."""
+    include = json.loads(real_plan_outputs(tmp_path, capsys)["matrix"])["include"]
+    runners = {(e["platform"], e["runner"]) for e in include}
+    assert runners == {("linux_x86_64", "ubuntu-24.04"), ("linux_aarch64", "ubuntu-24.04-arm")}
+    assert farm["jobs"]["build"]["runs-on"] == "${{ matrix.runner }}"
+
+
 def test_plan_job_outputs_are_what_the_cli_writes(farm: dict[str, Any], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     outputs = real_plan_outputs(tmp_path, capsys)

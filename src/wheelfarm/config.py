@@ -31,6 +31,7 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MINOR = re.compile(r"^\d+\.\d+$")
 ARCH = re.compile(r"^\d{2,3}[af]?$")
 VARIANT = re.compile(r"^[a-z0-9]+$")
+PLATFORM = re.compile(r"^linux_[a-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class PackageVersion:
     version: str
     sha256: str
     archs: tuple[str, ...]
+    # What this version's own setup.py and sources can build, as far as the matrix needs to know: the CUDA
+    # toolkits (its nvcc check and the CUTLASS it bundles) and the C++ standard it hard-codes (None: it
+    # follows torch, e.g. through a patch). A cell outside them is impossible, with the reason.
+    cuda: SpecifierSet = field(default_factory=SpecifierSet)
+    cxx_std: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,21 @@ class Package:
 
 
 @dataclass(frozen=True)
+class Builds:
+    """The CUDA builds a torch release publishes for one wheel platform, and their C++ ABIs."""
+
+    cuda: tuple[str, ...]
+    cxx11abi: tuple[bool, ...]
+    cuda_abi: Mapping[str, tuple[bool, ...]] = field(default_factory=dict)  # a build whose ABIs differ
+
+    def abis(self, cuda: str) -> tuple[bool, ...]:
+        return self.cuda_abi.get(cuda, self.cxx11abi)
+
+
+DEFAULT_PLATFORM = "linux_x86_64"
+
+
+@dataclass(frozen=True)
 class TorchRelease:
     version: str
     cuda: tuple[str, ...]
@@ -83,6 +104,14 @@ class TorchRelease:
     python: SpecifierSet
     cxx11abi: tuple[bool, ...]
     cxx_std: int
+    cuda_abi: Mapping[str, tuple[bool, ...]] = field(default_factory=dict)
+    other_platforms: Mapping[str, Builds] = field(default_factory=dict)  # linux_aarch64 = {...}
+
+    def builds(self, platform: str) -> Builds | None:
+        """What this torch publishes for ``platform`` (the top-level keys describe linux_x86_64), or None."""
+        if platform == DEFAULT_PLATFORM:
+            return Builds(self.cuda, self.cxx11abi, self.cuda_abi)
+        return self.other_platforms.get(platform)
 
 
 @dataclass(frozen=True)
@@ -104,6 +133,17 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Platform:
+    """A wheel platform tag the farm builds for, and the CI runner label its build jobs go to."""
+
+    name: str
+    runner: str
+
+
+DEFAULT_PLATFORMS = {DEFAULT_PLATFORM: Platform(DEFAULT_PLATFORM, "ubuntu-24.04")}
+
+
+@dataclass(frozen=True)
 class Block:
     """One ``[[matrix]]`` table: the product of its axes, minus its excludes."""
 
@@ -117,7 +157,7 @@ class Block:
     cxx11abi: tuple[bool, ...]
     archs: tuple[str, ...] | None
     variant: str
-    platform: str
+    platform: tuple[str, ...]
     exclude: tuple[Mapping[str, Any], ...]
 
 
@@ -146,6 +186,7 @@ class Config:
     blocks: tuple[Block, ...]
     targets: Mapping[str, Target]
     locator: Locator = field(repr=False, compare=False)
+    platforms: Mapping[str, Platform] = field(default_factory=lambda: dict(DEFAULT_PLATFORMS))
 
     @property
     def root(self) -> Path:
@@ -207,6 +248,14 @@ class _Reader:
                 raise self.error((*key, name), f"'{_dotted((*key, name))}' has an invalid value {item!r}")
             out.append(item)
         return tuple(out)
+
+    def specifier(self, table: Mapping[str, Any], name: str, key: KeyPath, *, required: bool = False) -> SpecifierSet:
+        spec = self.get(table, name, str, key, ... if required else "")
+        try:
+            return SpecifierSet(spec)
+        except InvalidSpecifier:
+            raise self.error((*key, name), f"{_dotted((*key, name))} is not a version specifier: {spec!r}",
+                             hint='e.g. ">=3.10,<3.15" or ">=11.7,<13"') from None
 
     def bools(self, table: Mapping[str, Any], name: str, key: KeyPath) -> tuple[bool, ...]:
         value = self.get(table, name, list, key)
@@ -291,32 +340,52 @@ def _package_version(r: _Reader, package: str, version: str, table: Any) -> Pack
     key: KeyPath = ("packages", package, "versions", version)
     if not isinstance(table, dict):
         raise r.error(key, f"'packages.{package}.versions.\"{version}\"' must be a table with sha256 and archs")
-    r.keys(table, {"sha256", "archs"}, key)
+    r.keys(table, {"sha256", "archs", "cuda", "cxx-std"}, key)
     sha = r.get(table, "sha256", str, key)
     if not SHA256.match(sha):
         raise r.error((*key, "sha256"), f"sha256 of {package} {version} must be 64 lowercase hex digits, "
                       f"got {sha!r}")
-    return PackageVersion(version, sha, r.strings(table, "archs", key, pattern=ARCH))
+    return PackageVersion(version, sha, r.strings(table, "archs", key, pattern=ARCH),
+                          cuda=r.specifier(table, "cuda", key), cxx_std=r.get(table, "cxx-std", int, key, None))
 
 
-def _torch(r: _Reader, version: str, table: Any) -> TorchRelease:
+def _torch(r: _Reader, version: str, table: Any, known_platforms: Mapping[str, Platform]) -> TorchRelease:
     key: KeyPath = ("torch", version)
     if not MINOR.match(version) or not isinstance(table, dict):
         raise r.error(key, f"[torch.\"{version}\"] must be keyed by torch major.minor and be a table")
-    r.keys(table, {"cuda", "pypi-cuda", "python", "cxx11abi", "cxx-std"}, key)
-    spec = r.get(table, "python", str, key)
-    try:
-        python = SpecifierSet(spec)
-    except InvalidSpecifier:
-        raise r.error((*key, "python"), f"torch.\"{version}\".python is not a version specifier: {spec!r}") from None
+    platforms = set(known_platforms) - {DEFAULT_PLATFORM}
+    r.keys(table, {"cuda", "pypi-cuda", "python", "cxx11abi", "cxx-std", "cuda-abi", *platforms}, key)
+    cuda = r.strings(table, "cuda", key, pattern=MINOR)
     return TorchRelease(
         version=version,
-        cuda=r.strings(table, "cuda", key, pattern=MINOR),
+        cuda=cuda,
         pypi_cuda=r.get(table, "pypi-cuda", str, key, None),
-        python=python,
+        python=r.specifier(table, "python", key, required=True),
         cxx11abi=r.bools(table, "cxx11abi", key),
         cxx_std=r.get(table, "cxx-std", int, key, 17),
+        cuda_abi=_cuda_abi(r, table, key, cuda),
+        other_platforms={name: _builds(r, table[name], (*key, name)) for name in sorted(platforms & set(table))},
     )
+
+
+def _cuda_abi(r: _Reader, table: Mapping[str, Any], key: KeyPath, cuda: tuple[str, ...]) -> dict[str, tuple[bool, ...]]:
+    """``cuda-abi = { "12.6" = [true] }``: the builds whose C++ ABIs are not the release's ``cxx11abi``."""
+    raw = r.get(table, "cuda-abi", dict, key, {})
+    for build in raw:
+        if build not in cuda:
+            raise r.error((*key, "cuda-abi"), f"{_dotted((*key, 'cuda-abi'))} names CUDA {build!r}, which is not "
+                          f"one of this table's builds ({', '.join(cuda)})")
+    return {build: r.bools(raw, build, (*key, "cuda-abi")) for build in raw}
+
+
+def _builds(r: _Reader, table: Any, key: KeyPath) -> Builds:
+    """``[torch."X.Y".linux_aarch64]``: the CUDA builds (and ABIs) published for another platform."""
+    if not isinstance(table, dict):
+        raise r.error(key, f"[{_dotted(key)}] must be a table with cuda (and cxx11abi)")
+    r.keys(table, {"cuda", "cxx11abi", "cuda-abi"}, key)
+    cuda = r.strings(table, "cuda", key, pattern=MINOR)
+    abis = r.bools(table, "cxx11abi", key) if "cxx11abi" in table else (True,)
+    return Builds(cuda, abis, _cuda_abi(r, table, key, cuda))
 
 
 def _cuda(r: _Reader, version: str, table: Any) -> CudaRelease:
@@ -355,7 +424,7 @@ _BLOCK_KEYS = {"name", "package", "version", "torch", "cuda", "python", "cxx11ab
 _AXES = {"version", "torch", "cuda", "python", "cxx11abi", "archs", "variant", "platform"}
 
 
-def _block(r: _Reader, index: int, table: Any) -> Block:
+def _block(r: _Reader, index: int, table: Any, platforms: Mapping[str, Platform]) -> Block:
     key: KeyPath = ("matrix", index)
     if not isinstance(table, dict):
         raise r.error(key, "each [[matrix]] entry must be a table")
@@ -376,9 +445,23 @@ def _block(r: _Reader, index: int, table: Any) -> Block:
         cxx11abi=r.bools(table, "cxx11abi", key),
         archs=r.strings(table, "archs", key, pattern=ARCH, default=None),
         variant=r.get(table, "variant", str, key, ""),
-        platform=r.get(table, "platform", str, key, "linux_x86_64"),
+        platform=_block_platforms(r, table, key, platforms),
         exclude=tuple(excludes),
     )
+
+
+def _block_platforms(r: _Reader, table: Mapping[str, Any], key: KeyPath,
+                     platforms: Mapping[str, Platform]) -> tuple[str, ...]:
+    """``platform``: one wheel platform tag or a list of them (an axis), each a ``[platforms]`` entry."""
+    value = table.get("platform", DEFAULT_PLATFORM)
+    names = (value,) if isinstance(value, str) else r.strings(table, "platform", key)
+    for name in names:
+        if name not in platforms:
+            close = difflib.get_close_matches(name, sorted(platforms), n=1)
+            raise r.error((*key, "platform"), f"{_dotted((*key, 'platform'))}: unknown platform {name!r}",
+                          hint=f"did you mean {close[0]!r}?" if close else
+                          f"add a [platforms.{name}] table with its runner (known: {', '.join(sorted(platforms))})")
+    return names
 
 
 def _targets(r: _Reader, raw: Mapping[str, Any]) -> dict[str, Target]:
@@ -390,6 +473,19 @@ def _targets(r: _Reader, raw: Mapping[str, Any]) -> dict[str, Target]:
             raise r.error(key, f"[targets.{name}] must be a table with a url")
         r.keys(value, {"url"}, key)
         out[name] = Target(name, r.get(value, "url", str, key))
+    return out
+
+
+def _platforms(r: _Reader, raw: Mapping[str, Any]) -> dict[str, Platform]:
+    """``[platforms.<tag>] runner = "…"``: the wheel platforms and the CI runners their jobs go to (the default
+    linux_x86_64 entry stands when the file names none)."""
+    out = dict(DEFAULT_PLATFORMS)
+    for name, value in r.get(raw, "platforms", dict, (), {}).items():
+        key: KeyPath = ("platforms", name)
+        if not isinstance(value, dict) or not PLATFORM.match(name):
+            raise r.error(key, f"[platforms.{name}] must be a table keyed by a wheel platform tag like linux_aarch64")
+        r.keys(value, {"runner"}, key)
+        out[name] = Platform(name, r.get(value, "runner", str, key))
     return out
 
 
@@ -411,19 +507,21 @@ def load(path: str | Path) -> Config:
         line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
         raise ConfigError(path.name, line, f"not valid TOML: {exc}") from None
     r = _Reader(path, Locator(text))
-    r.keys(raw, {"farm", "packages", "torch", "cuda", "variants", "matrix", "targets"}, ())
+    r.keys(raw, {"farm", "packages", "torch", "cuda", "variants", "platforms", "matrix", "targets"}, ())
     blocks = r.get(raw, "matrix", list, (), [])
+    platforms = _platforms(r, raw)
     config = Config(
         path=path,
         farm=_farm(r, raw),
         packages={n: _package(r, n, t) if isinstance(t, dict) else _bad_table(r, "packages", n)
                   for n, t in _section(r, raw, "packages").items()},
-        torch={v: _torch(r, v, t) for v, t in _section(r, raw, "torch").items()},
+        torch={v: _torch(r, v, t, platforms) for v, t in _section(r, raw, "torch").items()},
         cuda={v: _cuda(r, v, t) for v, t in _section(r, raw, "cuda").items()},
         variants={n: _variant(r, n, t) for n, t in _section(r, raw, "variants", False).items()},
-        blocks=tuple(_block(r, i, t) for i, t in enumerate(blocks)),
+        blocks=tuple(_block(r, i, t, platforms) for i, t in enumerate(blocks)),
         targets=_targets(r, raw),
         locator=r.locator,
+        platforms=platforms,
     )
     return config
 

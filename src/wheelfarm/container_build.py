@@ -47,7 +47,7 @@ from .build import (
     record_durations,
     run_build,
 )
-from .compat import torch_cuda_build
+from .compat import from_pypi, torch_cuda_build
 from .config import Config
 from .container import Engine, Mount, detect_engine
 from .errors import BadInput, BuildFailed
@@ -141,9 +141,10 @@ def probe(engine: Engine, image: str) -> cibw.ImageFacts:
 
 def resolve_torch(config: Config, cell: Cell, glibc: str) -> tuple[str, str | None]:
     """The exact torch X.Y.Z the host's pip picks for the cell (its constraints apply), and the index."""
-    torch_cuda = torch_cuda_build(config.torch[cell.torch], cell.cuda)
+    release = config.torch[cell.torch]
+    torch_cuda = torch_cuda_build(release, cell.cuda, cell.cxx11abi, cell.platform)
     assert torch_cuda is not None  # matrix.expand rejected the cell otherwise
-    index = None if config.torch[cell.torch].pypi_cuda == torch_cuda else config.cuda[torch_cuda].index_url
+    index = None if from_pypi(release, torch_cuda, cell.platform) else config.cuda[torch_cuda].index_url
     platforms = cibw.manylinux_platforms(glibc, cell.platform.removeprefix("linux_"))
     with tempfile.TemporaryDirectory(prefix="wheelfarm-torch-") as tmp:
         report = Path(tmp) / "report.json"

@@ -6,9 +6,12 @@ import dataclasses
 import difflib
 import fnmatch
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from packaging.version import InvalidVersion, Version
 
 from . import naming
 from .compat import impossible, torch_cuda_build
@@ -76,7 +79,8 @@ class Cell:
         data["archs"] = list(self.archs)
         data.update(wheel=self.wheel, index=self.index, group=self.group, wheel_version=self.wheel_version)
         if config is not None:
-            data["torch_cuda"] = torch_cuda_build(config.torch[self.torch], self.cuda)
+            data["torch_cuda"] = torch_cuda_build(config.torch[self.torch], self.cuda, self.cxx11abi,
+                                                  self.platform)
         return data
 
 
@@ -94,8 +98,8 @@ def _block_cells(config: Config, block: Block) -> Iterable[tuple[Cell, tuple[str
         raise config.error((*key, "variant"), f"matrix[{block.index}].variant: unknown variant {block.variant!r}",
                            hint=_close(block.variant, config.variants))
     variant = config.variants.get(block.variant)
-    for version, torch, cuda, python, abi in itertools.product(
-        block.versions, block.torch, block.cuda, block.python, block.cxx11abi
+    for version, torch, cuda, python, abi, platform in itertools.product(
+        block.versions, block.torch, block.cuda, block.python, block.cxx11abi, block.platform
     ):
         if version not in package.versions:
             raise config.error((*key, "version"), f"matrix[{block.index}].version: {block.package} {version!r} "
@@ -103,7 +107,7 @@ def _block_cells(config: Config, block: Block) -> Iterable[tuple[Cell, tuple[str
                                hint=_close(version, package.versions))
         archs = block.archs or (variant.archs if variant and variant.archs else package.versions[version].archs)
         cell = Cell(block.package, version, _torch_minor(torch), cuda, python, abi, tuple(archs), block.variant,
-                    block.platform, (variant.patches or "") if variant else "")
+                    platform, (variant.patches or "") if variant else "")
         if _excluded(cell, block):
             continue
         yield cell, key
@@ -114,10 +118,14 @@ def _excluded(cell: Cell, block: Block) -> bool:
 
 
 def _matches_value(cell: Cell, key: str, value: Any) -> bool:
-    if key == "torch":
-        return cell.torch == _torch_minor(str(value))
+    """An exclude rule's value: one value, or a list of alternatives (``torch = ["2.7", "2.8"]``); for ``archs``
+    the list is the value itself."""
     if key == "archs":
         return list(cell.archs) == [str(v) for v in value]
+    if isinstance(value, list):
+        return any(_matches_value(cell, key, v) for v in value)
+    if key == "torch":
+        return cell.torch == _torch_minor(str(value))
     return bool(getattr(cell, key) == value)
 
 
@@ -128,7 +136,8 @@ def expand(config: Config) -> list[Cell]:
     for block in config.blocks:
         for cell, key in _block_cells(config, block):
             reason = impossible(config, package=cell.package, version=cell.version, torch=cell.torch,
-                                cuda=cell.cuda, python=cell.python, cxx11abi=cell.cxx11abi, archs=cell.archs)
+                                cuda=cell.cuda, python=cell.python, cxx11abi=cell.cxx11abi, archs=cell.archs,
+                                platform=cell.platform)
             if reason:
                 raise config.error(key, f"{block.name}: impossible cell ({cell.describe()}): {reason}",
                                    hint="remove the value or add an exclude = [{...}] rule for it")
@@ -139,6 +148,33 @@ def expand(config: Config) -> list[Cell]:
             seen[cell.wheel] = key
             cells.append(cell)
     return cells
+
+
+SUMMARY_AXES = ("package", "version", "torch", "cuda", "python", "cxx11abi", "platform", "variant")
+
+
+def _summary_value(cell: Cell, axis: str) -> str:
+    if axis == "version":  # versions of different packages are different things (flash-attn 2.8.3.post2)
+        return f"{cell.package} {cell.version}"
+    return _cell_value(cell, axis) or "-"
+
+
+def _summary_order(value: str) -> tuple[Any, ...]:
+    """Versions in numeric order (torch 2.9 before 2.10), anything else by name."""
+    parts = value.rsplit(" ", 1)
+    try:
+        return (parts[0] if len(parts) == 2 else "", Version(parts[-1]), value)
+    except InvalidVersion:
+        return (value, Version("0"), value)
+
+
+def summary(cells: Sequence[Cell]) -> dict[str, dict[str, int]]:
+    """Cell counts per value of each axis (and ``total``): what ``wheelfarm matrix --summary`` prints."""
+    out: dict[str, dict[str, int]] = {"total": {"cells": len(cells)}}
+    for axis in SUMMARY_AXES:
+        counts = Counter(_summary_value(c, axis) for c in cells)
+        out[axis] = {value: counts[value] for value in sorted(counts, key=_summary_order)}
+    return out
 
 
 SELECT_KEYS = ("package", "version", "torch", "cuda", "python", "cxx11abi", "archs", "variant", "platform",

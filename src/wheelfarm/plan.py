@@ -4,8 +4,9 @@ Two halves, kept apart:
 
 - **Pure planning** (``plan``): the missing cells, grouped into one job per build group (``Cell.group``: package,
   version, torch, CUDA, ABI, archs, variant) and platform, all of a group's missing Pythons together so they share
-  its compiles; each job carries ``--select`` arguments that pick exactly its missing cells; jobs are cut into
-  chunks of at most 256 (GitHub Actions' limit for one ``strategy.matrix``).
+  its compiles; each job carries ``--select`` arguments that pick exactly its missing cells and the runner label
+  of its platform (``[platforms]``: aarch64 jobs go to arm runners); jobs are cut into chunks of at most 256
+  (GitHub Actions' limit for one ``strategy.matrix``).
 - **Reading a mirror** (``holding``): which cells' wheels count as present. A wheel is present when the mirror
   stores the file and its ``.audit.json`` says ``"passed": true`` (and, with ``require_gpu``, its ``.gpu.json``
   too). Only names are listed and only the small result files are read, never a wheel, so a plan over a complete
@@ -26,13 +27,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from packaging.utils import canonicalize_name
 
 from . import mirror_read
+from .config import DEFAULT_PLATFORM, DEFAULT_PLATFORMS
 from .errors import BadInput
 from .matrix import Cell
 from .store import RetryPolicy, Store, with_retries
@@ -52,11 +54,12 @@ def _exact(value: str) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One build job: the missing cells of one build group on one platform."""
+    """One build job: the missing cells of one build group on one platform, and the CI runner it runs on."""
 
     group: str
     platform: str
     cells: tuple[Cell, ...]
+    runner: str = DEFAULT_PLATFORMS[DEFAULT_PLATFORM].runner
 
     @property
     def pythons(self) -> tuple[str, ...]:
@@ -70,8 +73,8 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         """One ``include`` entry of a GitHub Actions matrix (the keys the farm workflow's build job reads)."""
-        return {"group": self.group, "platform": self.platform, "select": " ".join(self.select),
-                "pythons": list(self.pythons), "cells": len(self.cells)}
+        return {"group": self.group, "platform": self.platform, "runner": self.runner,
+                "select": " ".join(self.select), "pythons": list(self.pythons), "cells": len(self.cells)}
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,15 @@ class Plan:
 
 
 def plan(cells: Sequence[Cell], present: Collection[str], *, force: bool = False,
-         chunk_size: int = MATRIX_LIMIT, incomplete: Iterable[str] = ()) -> Plan:
-    """Group the cells whose wheel is not in ``present`` (every cell with ``force``) into build jobs."""
+         chunk_size: int = MATRIX_LIMIT, incomplete: Iterable[str] = (),
+         runners: Mapping[str, str] | None = None) -> Plan:
+    """Group the cells whose wheel is not in ``present`` (every cell with ``force``) into build jobs.
+
+    ``runners`` maps a wheel platform to the runner label of its jobs (``[platforms]`` of the matrix file;
+    default: linux_x86_64 only). One matrix holds both platforms' jobs, each naming its runner, chunked at
+    256 jobs: the shipped FA2 matrix plans far fewer jobs than that (tests/test_plan.py), and a run that had
+    more builds the first chunk and leaves the rest to the next run's plan."""
+    runners = dict(runners) if runners is not None else {p: v.runner for p, v in DEFAULT_PLATFORMS.items()}
     if not 1 <= chunk_size <= MATRIX_LIMIT:
         raise BadInput(f"--max-jobs {chunk_size}: must be between 1 and {MATRIX_LIMIT} "
                        "(GitHub Actions runs at most 256 jobs from one matrix)")
@@ -109,7 +119,12 @@ def plan(cells: Sequence[Cell], present: Collection[str], *, force: bool = False
     groups: dict[tuple[str, str], list[Cell]] = {}
     for cell in missing:
         groups.setdefault((cell.group, cell.platform), []).append(cell)
-    jobs = tuple(Job(group, platform, tuple(members)) for (group, platform), members in groups.items())
+    unknown = sorted({platform for _, platform in groups} - set(runners))
+    if unknown:
+        raise BadInput(f"no CI runner for platform {', '.join(unknown)}",
+                       hint="add [platforms.<tag>] runner = \"…\" to the matrix file")
+    jobs = tuple(Job(group, platform, tuple(members), runners[platform])
+                 for (group, platform), members in groups.items())
     wanted = {c.wheel for c in missing}
     return Plan(total=len(set(cells)), missing=tuple(missing), jobs=jobs, chunk_size=chunk_size,
                 incomplete=tuple(sorted(w for w in incomplete if w in wanted)), forced=force)
@@ -256,9 +271,11 @@ def open_reader(target: str, open_store: Callable[[str], Store]) -> MirrorReader
 
 
 def plan_against(cells: Sequence[Cell], reader: MirrorReader | None, *, force: bool = False,
-                 require_gpu: bool = False, chunk_size: int = MATRIX_LIMIT) -> tuple[Plan, float]:
+                 require_gpu: bool = False, chunk_size: int = MATRIX_LIMIT,
+                 runners: Mapping[str, str] | None = None) -> tuple[Plan, float]:
     """Read the mirror (not at all with ``force``) and plan; returns the plan and the seconds it took."""
     start = time.monotonic()
     held = Holding(frozenset()) if force or reader is None else holding(cells, reader, require_gpu=require_gpu)
-    result = plan(cells, held.present, force=force, chunk_size=chunk_size, incomplete=held.incomplete)
+    result = plan(cells, held.present, force=force, chunk_size=chunk_size, incomplete=held.incomplete,
+                  runners=runners)
     return result, time.monotonic() - start

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import log
-from .compat import torch_cuda_build
+from .compat import from_pypi, torch_cuda_build
 from .config import Config, CudaRelease
 from .errors import BadInput, BuildFailed
 from .matrix import Cell
@@ -82,7 +83,8 @@ def _venv_python(venv: Path) -> Path:
 
 def ensure_build_env(config: Config, cell: Cell, *, refresh: bool = False) -> Path:
     """A venv (cached, shared by all cells with the same Python/torch/CUDA build) holding the cell's torch."""
-    torch_cuda = torch_cuda_build(config.torch[cell.torch], cell.cuda)
+    release = config.torch[cell.torch]
+    torch_cuda = torch_cuda_build(release, cell.cuda, cell.cxx11abi, cell.platform)
     assert torch_cuda is not None  # matrix.expand rejected the cell otherwise
     tag = f"{cell.python_tag}-torch{cell.torch}-cu{torch_cuda.replace('.', '')}"
     venv = cache_dir() / "venvs" / tag
@@ -95,9 +97,8 @@ def ensure_build_env(config: Config, cell: Cell, *, refresh: bool = False) -> Pa
         py = _venv_python(venv)
         pip: list[str | Path] = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         run([*pip, "--upgrade", "pip", "setuptools>=69", "wheel", "ninja", "packaging", "psutil"])
-        release = config.torch[cell.torch]
         torch_req = f"torch=={cell.torch}.*"
-        if release.pypi_cuda == torch_cuda:
+        if from_pypi(release, torch_cuda, cell.platform):
             run([*pip, torch_req])
         else:
             index = config.cuda[torch_cuda].index_url if torch_cuda in config.cuda else None
@@ -143,12 +144,38 @@ def assemble_cuda_home(site: Path, dest: Path) -> Path:
     return root
 
 
+def _no_nvcc_in_wheels(cuda: CudaRelease, what: str) -> BadInput:
+    arch = platform.machine()
+    return BadInput(f"{what}: CUDA {cuda.version}'s PyPI wheels carry no nvcc (nvidia-cuda-nvcc-cu12 holds only "
+                    "ptxas, libnvvm and headers; only CUDA 13+ wheels form a toolkit), so a host build needs that "
+                    "toolkit installed",
+                    hint=f"pass --cuda-home /usr/local/cuda-{cuda.version} (a CUDA {cuda.version} toolkit), or "
+                         f"--backend container with wheelfarm/manylinux_2_28_{arch}-cuda{cuda.version}, whose recipe "
+                         "installs it from NVIDIA's RHEL 8 repo (containers/pins.toml, docs/containers.md)")
+
+
+def check_host(config: Config, cells: list[Cell], cuda_home: Path | None) -> None:
+    """What a host build of ``cells`` lacks, refused before anything is downloaded or built: a CUDA 11/12
+    toolkit (no nvcc on PyPI) when no --cuda-home names one, or a platform other than this machine's."""
+    here = f"linux_{platform.machine()}"
+    foreign = sorted({c.platform for c in cells} - {here})
+    if foreign:
+        raise BadInput(f"{len([c for c in cells if c.platform != here])} selected cell(s) are {', '.join(foreign)}; "
+                       f"this host builds {here} wheels only",
+                       hint=f"add --select platform={here}, or build them on such a runner (the farm pipeline "
+                            "sends each platform's jobs to its [platforms] runner)")
+    if cuda_home is None:
+        for version in sorted({c.cuda for c in cells}):
+            cuda = config.cuda[version]
+            if not cuda.nvcc_in_wheels:
+                count = len([c for c in cells if c.cuda == version])
+                raise _no_nvcc_in_wheels(cuda, f"{count} selected cell(s) build with CUDA {version}")
+
+
 def ensure_cuda_home(cuda: CudaRelease, *, refresh: bool = False) -> Path:
     """CUDA_HOME for ``cuda`` from its pinned PyPI wheels; cached and shared by every cell with that CUDA."""
     if not cuda.nvcc_in_wheels:
-        raise BadInput(f"CUDA {cuda.version}'s PyPI wheels carry no nvcc (only CUDA 13+ wheels form a toolkit)",
-                       hint="pass --cuda-home with a CUDA toolkit of that version, or use --backend container "
-                            "(the image recipes install it)")
+        raise _no_nvcc_in_wheels(cuda, "no CUDA_HOME")
     base = cache_dir() / "cuda" / cuda.version
     marker = base / "cuda_home"
     if marker.exists() and not refresh:
@@ -229,8 +256,8 @@ def check(config: Config, cell: Cell, tc: Toolchain) -> None:
 
 def prepare(config: Config, cell: Cell, *, python: Path | None = None, cuda_home: Path | None = None) -> Toolchain:
     """Make (or take) the toolchain for ``cell`` and check it. ``python``/``cuda_home`` reuse what a runner has."""
+    home = cuda_home or ensure_cuda_home(config.cuda[cell.cuda])  # first: a missing CUDA 12 stops before a venv
     py = python or ensure_build_env(config, cell)
-    home = cuda_home or ensure_cuda_home(config.cuda[cell.cuda])
     facts = probe_torch(py)
     compiler = os.environ.get("CXX", "g++")
     compiler_line, compiler_major = compiler_version(compiler)

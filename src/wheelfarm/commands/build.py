@@ -115,6 +115,7 @@ def execute(args: argparse.Namespace) -> int:
 
         results = build_in_container(config, cells, args)
     else:
+        toolchain.check_host(config, cells, args.cuda_home)
         results = run_builds(config, cells, args)
     log.console.print(_summary(results))
     if args.json:

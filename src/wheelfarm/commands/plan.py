@@ -68,7 +68,7 @@ def _report(result: Plan, target: str, seconds: float) -> str:
     lines = [f"{how} in {target} → {len(result.jobs)} build job(s) in {len(result.chunks)} chunk(s) "
              f"of ≤{result.chunk_size} ({seconds:.1f}s)"]
     for job in result.jobs:
-        lines.append(f"  {job.group} [{job.platform}] python {' '.join(job.pythons)}")
+        lines.append(f"  {job.group} [{job.platform}, runs on {job.runner}] python {' '.join(job.pythons)}")
         lines.append(f"      wheelfarm build --select {' '.join(job.select)}")
     return "\n".join(lines)
 
@@ -81,7 +81,8 @@ def execute(args: argparse.Namespace) -> int:
         target, lambda t: open_store(t, endpoint_url=args.endpoint_url))
     description = reader.description if reader else target
     result, seconds = plan_against(cells, reader, force=args.force, require_gpu=args.require_gpu_result,
-                                   chunk_size=args.max_jobs)
+                                   chunk_size=args.max_jobs,
+                                   runners={name: p.runner for name, p in config.platforms.items()})
     warnings = [f"{wheel}: stored in {description} without a passing result; a rebuild publishes only with "
                 "`publish --replace`" for wheel in result.incomplete]
     if result.chunks[1:]:
