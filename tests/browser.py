@@ -5,6 +5,7 @@ expression, take a PNG screenshot. Debian's ``chromium`` package; ``.ci/run`` in
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -87,10 +88,8 @@ class Browser:
         return path
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, OSError):  # already gone
             self.call("Browser.close")
-        except (RuntimeError, OSError):
-            pass
         self._proc.wait(timeout=30)
         os.close(self._to_child)
         os.close(self._from_child)

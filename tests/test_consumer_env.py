@@ -19,7 +19,7 @@ from wheelfarm.config import load
 from wheelfarm.environment import from_probe, inspect_env, manual_env
 from wheelfarm.index import Entry, build_pages
 from wheelfarm.matrix import expand, select
-from wheelfarm.resolve import MirrorView, decide
+from wheelfarm.resolve import MirrorView, against_matrix, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 L28 = "flash_attn-2.8.3.post2+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl"
@@ -151,7 +151,8 @@ def test_a_torch_too_old_for_the_gpu_is_refused_whatever_the_mirror_holds(tmp_pa
 def test_every_paste_able_form_pins_the_whole_version(tmp_path: Path) -> None:
     env = manual_env(python="3.12", torch="2.8.0", cuda="12.8", cxx11abi="TRUE", glibc="2.35")
     d = decide(env, [L28], mirror="https://wheels.example", min_arch=80)
-    index, pin = "https://wheels.example/cu12torch2.8cxx11abiTRUE/simple/", "flash-attn==2.8.3.post2+cu12torch2.8cxx11abiTRUE"
+    index = "https://wheels.example/cu12torch2.8cxx11abiTRUE/simple/"
+    pin = "flash-attn==2.8.3.post2+cu12torch2.8cxx11abiTRUE"
     assert d.lines == {
         "pip": f"pip install '{pin}' --extra-index-url {index}",
         "uv": f"uv pip install '{pin}' --extra-index-url {index}",
@@ -162,15 +163,22 @@ def test_every_paste_able_form_pins_the_whole_version(tmp_path: Path) -> None:
     }
 
 
-def test_the_printed_select_selects_the_standard_cell_of_the_real_matrix() -> None:
-    """`build it` must name cells of build_matrix.toml that make the one wheel this environment needs."""
+def test_the_printed_select_selects_the_one_cell_of_the_real_matrix() -> None:
+    """`build it` must name the one cell of build_matrix.toml that makes the wheel this environment needs."""
     env = manual_env(python="3.12", torch="2.8.0", cuda="12.8", cxx11abi="TRUE", glibc="2.35")
     d = decide(env, [L28.replace("cp312", "cp311")], min_arch=80)
     assert not d.ok and d.build_command == f"nox -s build -- --select {' '.join(d.select)}"
-    cells = select(expand(load(ROOT / "build_matrix.toml")), d.select)
-    assert {c.wheel for c in cells} == {L28.replace("linux_x86_64", cells[0].platform)}, [c.wheel for c in cells]
-    assert {(c.package, c.torch, c.python, c.abi_flag, c.variant) for c in cells} == {
-        ("flash-attn", "2.8", "3.12", "TRUE", "")}
+    (cell,) = select(expand(load(ROOT / "build_matrix.toml")), d.select)
+    assert cell.wheel == L28 and cell.variant == ""
+
+
+def test_with_no_wheel_on_the_mirror_the_matrix_names_the_version(tmp_path: Path) -> None:
+    env = manual_env(python="3.12", torch="2.8.0", cuda="12.8", cxx11abi="TRUE", glibc="2.35")
+    bare = decide(env, [], min_arch=80)
+    assert not any(s.startswith("version=") for s in bare.select)
+    d = against_matrix(bare, env, "flash-attn", ROOT / "build_matrix.toml")
+    (cell,) = select(expand(load(ROOT / "build_matrix.toml")), d.select)
+    assert cell.wheel == L28 and d.build_command == f"nox -s build -- --select {' '.join(d.select)}"
 
 
 def test_a_select_with_no_cell_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

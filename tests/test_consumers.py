@@ -307,7 +307,8 @@ def run_line(line: str, python: Path, default: str, tmp_path: Path) -> subproces
 
 
 def dists(python: Path) -> dict[str, str]:
-    code = "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    code = ("import importlib.metadata as m, json; "
+            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
     return dict(json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True,
                                           check=True).stdout))
 

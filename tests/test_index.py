@@ -81,7 +81,8 @@ def test_the_global_index_lists_only_unlabelled_wheels_and_links_the_variants() 
     page sends people to the variant pages instead; a wheel without a label stays."""
     pages = build_pages(ENTRIES)
     hrefs = [a["href"] or "" for a in anchors(pages["simple/flash-attn/index.html"])]
-    assert hrefs == ["../../cu12torch2.8cxx11abiTRUE/simple/flash-attn/", "../../cu13torch2.14cxx11abiTRUE/simple/flash-attn/"]
+    assert hrefs == ["../../cu12torch2.8cxx11abiTRUE/simple/flash-attn/",
+                     "../../cu13torch2.14cxx11abiTRUE/simple/flash-attn/"]
     assert b"lists no wheel built for one torch/CUDA/C++ ABI" in pages["simple/flash-attn/index.html"]
     assert json.loads(pages["simple/flash-attn/index.json"])["files"] == []
     (plain,) = anchors(pages["simple/einops-stub/index.html"])

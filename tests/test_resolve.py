@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from wheelfarm import cli, gpus, naming
-from wheelfarm.errors import BadInput
 from wheelfarm.environment import Env, image_env, inspect_env, min_arch
+from wheelfarm.errors import BadInput
 from wheelfarm.resolve import available_wheels, decide, mirror_url
 
 if sys.version_info >= (3, 11):
@@ -108,7 +108,8 @@ def test_missing_cell_names_the_nearest_and_the_build_command() -> None:
     assert not d.ok and "no flash-attn wheel on the mirror fits" in d.reasons[0]
     assert len(d.nearest) == 3 and all("torch 2." in n and "≠ 2.9" in n for n in d.nearest)
     assert d.build_command == (
-        "nox -s build -- --select package=flash-attn torch=2.9 cuda=12.* python=3.12 cxx11abi=TRUE variant="
+        "nox -s build -- --select package=flash-attn version=2.8.3.post2 torch=2.9 cuda=12.* python=3.12 "
+        "cxx11abi=TRUE platform=linux_x86_64 variant="
     )
 
 
@@ -234,8 +235,9 @@ def test_cli_t4_and_missing_cell_from_a_directory(mirror: Path, capsys: pytest.C
     assert "sm75 is unsupported" in capsys.readouterr().out
     assert cli.main(["resolve", "--index-url", str(mirror), "--image", image, "--gpu", "sm90"]) == 1
     out = capsys.readouterr().out
-    assert "nearest:" in out
-    assert "nox -s build -- --select package=flash-attn torch=2.10 cuda=13.* python=3.12 cxx11abi=TRUE" in out
+    assert "nearest:" in out and "pre-release build" in out  # NGC's torch 2.10.0a0: build against that very torch
+    assert ('wheelfarm build --backend host --python "$(command -v python)" --select package=flash-attn '
+            "version=2.8.3.post2 torch=2.10 cuda=13.* python=3.12 cxx11abi=TRUE") in out
     assert mirror_url(str(mirror)) == mirror.resolve().as_uri()
 
 

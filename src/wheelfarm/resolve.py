@@ -16,7 +16,7 @@ import json
 import re
 import urllib.error
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -96,13 +96,14 @@ def decide(
         reason = f"no {package} wheel on the mirror fits" if wheels else f"the mirror has no {package} wheels"
     if env.prerelease:
         reason += f"; {_prerelease_reason(env)}"
+    select = build_select(env, package, _newest([w for _, w, _ in wheels]))
     return Decision(
         False,
         env.describe(),
         reasons=(reason,),
         nearest=nearest,
-        build_command=build_command(env, package, [w for _, w, _ in wheels], exact_torch=env.prerelease),
-        select=tuple(build_select(env, package, [w for _, w, _ in wheels])),
+        build_command=build_command(select, exact_torch=env.prerelease),
+        select=tuple(select),
         notes=notes,
     )
 
@@ -115,14 +116,15 @@ def _prerelease_reason(env: Env) -> str:
 
 def _prerelease(env: Env, package: str, file: str, wheels: Sequence[tuple[str, naming.WheelName, list[str]]],
                 notes: tuple[str, ...]) -> Decision:
+    select = build_select(env, package, _newest([w for _, w, _ in wheels]))
     return Decision(
         False,
         env.describe(),
         reasons=(_prerelease_reason(env),),
         nearest=(f"{file} (matches by name, built against PyPI's torch {naming.torch_tag(env.torch or '')}: "
                  "at your own risk)",),
-        build_command=build_command(env, package, [w for _, w, _ in wheels], exact_torch=True),
-        select=tuple(build_select(env, package, [w for _, w, _ in wheels])),
+        build_command=build_command(select, exact_torch=True),
+        select=tuple(select),
         notes=notes,
     )
 
@@ -193,36 +195,48 @@ def _platform_mismatch(env: Env, platform: str) -> list[str]:
     return out
 
 
-def build_select(env: Env, package: str, wheels: Sequence[naming.WheelName] = ()) -> list[str]:
-    """The ``--select`` of the standard cell for ``env`` (matrix.select's keys and globs)."""
+def build_select(env: Env, package: str, version: str | None = None) -> list[str]:
+    """The ``--select`` of the standard cell for ``env`` (matrix.select's keys and globs): one package version
+    (when known), torch X.Y, the CUDA its naming era tells apart, Python, ABI, this platform, no variant."""
     assert env.torch is not None and env.cuda is not None
-    newest = max((w.version for w in wheels), key=Version, default=None)
-    digits = naming.era(package, newest).cuda_digits if newest else 1
+    digits = naming.era(package, version).cuda_digits if version else 1
     cuda_major, cuda_minor = [*env.cuda.split("."), "0"][:2]
     cuda = f"{cuda_major}.*" if digits == 1 else f"{cuda_major}.{cuda_minor}"
     abi = "TRUE" if env.cxx11abi in (True, None) else "FALSE"
-    return [f"package={package}", f"torch={naming.torch_tag(env.torch)}", f"cuda={cuda}", f"python={env.python}",
-            f"cxx11abi={abi}", "variant="]
+    return [f"package={package}", *([f"version={version}"] if version else []), f"torch={naming.torch_tag(env.torch)}",
+            f"cuda={cuda}", f"python={env.python}", f"cxx11abi={abi}", f"platform=linux_{env.machine}", "variant="]
 
 
-def build_command(env: Env, package: str, wheels: Sequence[naming.WheelName] = (), *,
-                  exact_torch: bool = False) -> str:
-    select = " ".join(build_select(env, package, wheels))
+def _newest(wheels: Sequence[naming.WheelName]) -> str | None:
+    return max((w.version for w in wheels), key=Version, default=None)
+
+
+def build_command(select: Sequence[str], *, exact_torch: bool = False) -> str:
+    words = " ".join(select)
     if exact_torch:  # against the environment's own torch: the host backend with this interpreter (runner torch)
-        return f"wheelfarm build --backend host --python \"$(command -v python)\" --select {select}   # inside it"
-    return f"nox -s build -- --select {select}"
+        return f"wheelfarm build --backend host --python \"$(command -v python)\" --select {words}   # inside it"
+    return f"nox -s build -- --select {words}"
 
 
-def check_select(select: Sequence[str], matrix: Path) -> str | None:
-    """None when ``select`` picks a cell of ``matrix``, else what to do."""
+def against_matrix(decision: Decision, env: Env, package: str, matrix: Path) -> Decision:
+    """The decision's build command checked against ``matrix``: pinned to the newest version the matrix builds for
+    this environment when the mirror named none, or a note that the matrix has no such cell yet."""
     from .config import load
-    from .matrix import expand
-    from .matrix import select as pick
+    from .matrix import expand, select
 
-    if pick(expand(load(matrix)), select):
-        return None
-    return (f"{matrix} has no such cell yet: add the torch/CUDA/Python to a [[matrix]] block (one toml edit), then "
-            "run that command")
+    if not decision.select or env.torch is None or env.cuda is None:
+        return decision
+    cells = select(expand(load(matrix)), decision.select)
+    versions = {c.version for c in cells}
+    if len(versions) > 1 or (cells and not any(s.startswith("version=") for s in decision.select)):
+        chosen = build_select(env, package, max(versions, key=Version))
+        exact = decision.build_command is not None and decision.build_command.startswith("wheelfarm build")
+        return replace(decision, select=tuple(chosen), build_command=build_command(chosen, exact_torch=exact))
+    if cells:
+        return decision
+    note = (f"{matrix} has no such cell yet: add the torch/CUDA/Python to a [[matrix]] block (one toml edit), "
+            "then run that command")
+    return replace(decision, notes=(*decision.notes, note))
 
 
 # ----------------------------------------------------------------------------------------- the mirror

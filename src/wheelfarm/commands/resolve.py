@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import gpus
 from ..environment import Env, from_probe, image_env, image_rows, inspect_env, manual_env, min_arch
 from ..errors import BadInput
-from ..resolve import MirrorView, check_select, decide, mirror_url
+from ..resolve import MirrorView, against_matrix, decide, mirror_url
 
 NAME = "resolve"
 HELP = (
@@ -99,10 +99,8 @@ def execute(args: argparse.Namespace) -> int:
     decision = decide(env, view.files, package=args.package, mirror=mirror, min_arch=min_arch(args.package),
                       glibc_floor=view.glibc_floor)
     matrix = args.matrix or (Path("build_matrix.toml") if Path("build_matrix.toml").is_file() else None)
-    if decision.select and matrix:
-        missing = check_select(decision.select, matrix)
-        if missing:
-            decision = dataclasses.replace(decision, notes=(*decision.notes, missing))
+    if matrix:
+        decision = against_matrix(decision, env, args.package, matrix)
     if args.json:
         print(json.dumps(dataclasses.asdict(decision), indent=2))
         return 0 if decision.ok else 1
