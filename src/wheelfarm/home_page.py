@@ -144,8 +144,8 @@ left are the wheels that fit, each with the line to paste. Not sure what you hav
 <code>wheelfarm resolve --index-url $MIRROR</code>.</p>
 <p class="note">Mirror address (<code class="keep">$MIRROR</code> in the lines): <span id="mirror">the address of this
 page, without <code>index.html</code></span>. The lines pin the whole version, so torch stays as installed and
-einops comes from your usual index. Do not point pip or uv at the global <a href="simple/">simple/</a> index for these packages: it lists no
-wheel built for one torch/CUDA (see the variant indexes below).</p>
+einops comes from your usual index. Do not point pip or uv at the global <a href="simple/">simple/</a> index for
+these packages: it lists no wheel built for one torch/CUDA (see the variant indexes below).</p>
 <form>{form}</form>
 <p id="unsupported">This GPU is older than the packages support (flash-attn 2 needs sm80, Ampere, or newer): no
 wheel can run on it. Use torch's <code>scaled_dot_product_attention</code> instead.</p>
