@@ -21,7 +21,8 @@ ZIZMOR = "zizmor==1.32.0"  # security audit of the workflows; --offline: no GitH
 
 
 def _install(session: nox.Session, *extras: str) -> None:
-    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+    """The package with the farm's dependencies (``farm``: consumers install wheelfarm without them) and ``extras``."""
+    session.install("-e", f".[{','.join(('farm', *extras))}]")
 
 
 @nox.session(python=PYTHON)

