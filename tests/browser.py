@@ -1,6 +1,6 @@
 """Headless Chromium driven over the DevTools protocol through a pipe (``--remote-debugging-pipe``: NUL-separated
 JSON on file descriptors 3 and 4), standard library only: open a page with or without JavaScript, evaluate an
-expression, take a PNG screenshot. Debian's ``chromium`` package; ``.ci/run`` installs it."""
+expression, take a PNG screenshot."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Debian's chromium (.ci/run installs it), or the Google Chrome that GitHub's Ubuntu runners ship (ci.yml).
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
 class Browser:

@@ -34,3 +34,6 @@ def test_the_consumer_install_has_no_farm_dependency_and_resolves(tmp_path: Path
                           text=True, cwd=tmp_path)
     assert farm.returncode == 2
     assert "needs the farm's dependencies" in farm.stderr and "wheelfarm[farm]" in farm.stderr
+    late = subprocess.run([str(wheelfarm), "index", "--to", "s3://bucket/prefix"], capture_output=True, text=True,
+                          cwd=tmp_path)  # boto3 is imported only once the target is known: the same answer
+    assert late.returncode == 2 and "boto3 is not installed" in late.stderr and "Traceback" not in late.stderr

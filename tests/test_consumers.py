@@ -292,7 +292,7 @@ def printed_lines(mirror: Path) -> dict[str, str]:
 def run_line(line: str, python: Path, default: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Run a printed line as a person would, in the venv, with ``default`` as the default index (PyPI's place)."""
     env = installer_env() | {"PIP_INDEX_URL": default, "UV_DEFAULT_INDEX": default}
-    words = shlex.split(line)
+    words = shlex.split(line.removeprefix("RUN "))  # the Dockerfile line runs as it would in `docker build`
     while "=" in words[0]:  # the environment-variable forms
         key, _, value = words.pop(0).partition("=")
         env[key] = value
@@ -313,7 +313,7 @@ def dists(python: Path) -> dict[str, str]:
                                           check=True).stdout))
 
 
-@pytest.mark.parametrize("form", ["pip", "uv", "pip (env)", "uv (env)", "requirements.txt"])
+@pytest.mark.parametrize("form", ["pip", "uv", "pip (env)", "uv (env)", "requirements.txt", "Dockerfile"])
 def test_the_printed_line_installs_the_variant_with_einops_and_leaves_torch(
     tmp_path: Path, form: str, einops_mirror: Path, default_index: str, wheels: dict[str, Path]
 ) -> None:

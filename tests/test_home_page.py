@@ -81,3 +81,17 @@ def test_screenshot_is_a_rendered_page_that_follows_the_choice(page: str, tmp_pa
     assert everything.read_bytes() != filtered.read_bytes()
     if keep := os.environ.get("WHEELFARM_HOME_SCREENSHOT"):
         shutil.copyfile(filtered, keep)
+
+
+def test_the_gpu_filter_follows_the_audited_gpu_code() -> None:
+    """A variant whose name says nothing of its archs (sm90lite) is offered only where its audited code runs."""
+    from wheelfarm.home_page import render
+    from wheelfarm.index import Entry
+
+    lite = FILES[3].replace(".sm90-", ".sm90lite-")
+    page = render([Entry(lite, "flash-attn", "0" * 64, None, "cu13torch2.11cxx11abiTRUE.sm90lite", None,
+                         gpu_code=("sm_90",)),
+                   Entry(FILES[2], "flash-attn", "0" * 64, None, "cu13torch2.11cxx11abiTRUE", None,
+                         gpu_code=("sm_80", "sm_90", "sm_100", "sm_120", "compute_120"))]).decode()
+    assert f'data-gpu="sm90" data-platform="manylinux_2_24_x86_64" data-variant="sm90lite" data-file="{lite}"' in page
+    assert 'data-gpu="sm80 sm86 sm89 sm90 sm100 sm103 sm120 sm121"' in page

@@ -125,7 +125,7 @@ def test_cuda_tag_follows_the_naming_era() -> None:
 
 
 def test_cpu_torch_and_no_torch() -> None:
-    assert "CPU-only build" in decide(env(cuda=None), MIRROR).reasons[0]
+    assert "not a CUDA build (CPU-only, or ROCm)" in decide(env(cuda=None), MIRROR).reasons[0]
     assert "torch is not installed" in decide(env(torch=None, cuda=None, abi=None), MIRROR).reasons[0]
 
 
@@ -236,8 +236,8 @@ def test_cli_t4_and_missing_cell_from_a_directory(mirror: Path, capsys: pytest.C
     assert cli.main(["resolve", "--index-url", str(mirror), "--image", image, "--gpu", "sm90"]) == 1
     out = capsys.readouterr().out
     assert "nearest:" in out and "pre-release build" in out  # NGC's torch 2.10.0a0: build against that very torch
-    assert ('wheelfarm build --backend host --python "$(command -v python)" --select package=flash-attn '
-            "version=2.8.3.post2 torch=2.10 cuda=13.* python=3.12 cxx11abi=TRUE") in out
+    assert ('wheelfarm build --backend host --python "$(command -v python)" --cuda-home "${CUDA_HOME:-/usr/local/cuda}"'
+            " --select package=flash-attn version=2.8.3.post2 torch=2.10 cuda=13.* python=3.12 cxx11abi=TRUE") in out
     assert mirror_url(str(mirror)) == mirror.resolve().as_uri()
 
 
@@ -261,11 +261,11 @@ def test_unknown_gpu_is_bad_input_listing_the_names() -> None:
 
 
 def test_cli_accepts_blackwell_and_card_names(mirror: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    image = "nvcr.io/nvidia/pytorch:25.12-py3"
-    for gpu in ("sm120", "RTX 5090", "B200"):
-        cli.main(["resolve", "--index-url", str(mirror), "--image", image, "--gpu", gpu])
+    image = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-devel"  # a PyPI torch built with CUDA 12.8: Blackwell runs
+    for gpu, sm in (("sm120", "sm120"), ("RTX 5090", "sm120"), ("B200", "sm100"), ("NVIDIA B200", "sm100")):
+        assert cli.main(["resolve", "--index-url", str(mirror), "--image", image, "--gpu", gpu]) == 0
         out = capsys.readouterr().out
-        assert "is unsupported" not in out and ("sm120" in out or "sm100" in out), out
+        assert f"GPU {sm} [" in out and "wheel:       flash_attn-2.8.3.post2+cu12torch2.8cxx11abiTRUE-cp311" in out
     assert cli.main(["resolve", "--index-url", str(mirror), "--image", image, "--gpu", "T4"]) == 1
     assert "sm75 is unsupported" in capsys.readouterr().out
 
@@ -275,7 +275,9 @@ def test_a_variant_index_url_names_the_same_mirror() -> None:
     plus a variant, not a root below it: the install line must not double the variant."""
     root = "https://wheels.example/m"
     for given in (f"{root}", f"{root}/", f"{root}/simple", f"{root}/simple/",
-                  f"{root}/cu12torch2.8cxx11abiTRUE/simple/", f"{root}/cu13torch2.11cxx11abiTRUE.sm90lite/simple"):
+                  f"{root}/cu12torch2.8cxx11abiTRUE/simple/", f"{root}/cu13torch2.11cxx11abiTRUE.sm90lite/simple",
+                  f"{root}/cu12torch2.8cxx11abiTRUE.sm90", f"{root}/simple/flash-attn/",
+                  f"{root}/cu12torch2.8cxx11abiTRUE/simple/flash-attn"):
         assert mirror_url(given) == root, given
 
 

@@ -88,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("wheelfarm: interrupted")
         return 130
+    except ModuleNotFoundError as exc:  # a farm dependency imported on the way (boto3 for an s3:// target, say)
+        if exc.name not in FARM_ONLY:
+            raise
+        err_console.print(f"[bold red]wheelfarm: bad input:[/] this needs the farm's dependencies ({exc.name} is not "
+                          "installed)\n  hint: pip install 'wheelfarm[farm]'", soft_wrap=True)
+        return 2
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -79,36 +79,76 @@ def inspect_env(python: str | None = None) -> Env:
     try:
         out = proc.run([exe, "-c", probe_source()], capture=True, quiet=True)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise BadInput(f"--python {exe}: could not probe the interpreter ({exc})") from exc
-    return from_probe(out.stdout.strip().splitlines()[-1], source="this environment" if python is None else exe)
+        raise BadInput(f"--python {exe}: could not run the probe with it ({type(exc).__name__})",
+                       hint="give an interpreter (a path, or a command on PATH) that runs Python 3") from exc
+    if not out.stdout.strip():
+        raise BadInput(f"--python {exe}: the probe printed nothing: is that a Python interpreter?")
+    return from_probe(out.stdout, source="this environment" if python is None else f"--python {exe}")
+
+
+_HOW = "write it with: python -c \"$(curl -fsSL <mirror>/probe.py)\" > env.json"
 
 
 def from_probe(text: str, *, source: str = "probe") -> Env:
-    """An ``Env`` from the probe's JSON; BadInput naming what is wrong with it."""
+    """An ``Env`` from the probe's JSON (its last JSON line: a stray line printed before it is ignored); BadInput
+    naming what is wrong with it."""
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith("{")]
     try:
-        raw = json.loads(text)
+        raw = json.loads(lines[-1] if lines else text)
     except json.JSONDecodeError as exc:
-        raise BadInput(f"{source}: not the probe's JSON ({exc.msg} at line {exc.lineno})",
-                       hint="write it with: python -c \"$(curl -fsSL <mirror>/probe.py)\" > env.json") from exc
+        raise BadInput(f"{source}: not the probe's JSON ({exc.msg} at line {exc.lineno})", hint=_HOW) from exc
     if not isinstance(raw, dict) or "python" not in raw:
-        raise BadInput(f"{source}: not the probe's JSON (no \"python\" key)",
-                       hint="write it with: python -c \"$(curl -fsSL <mirror>/probe.py)\" > env.json")
-    if int(raw.get("probe", PROBE_FORMAT)) > PROBE_FORMAT:
-        raise BadInput(f"{source}: probe format {raw['probe']} is newer than this wheelfarm's ({PROBE_FORMAT})",
+        raise BadInput(f"{source}: not the probe's JSON (no \"python\" key)", hint=_HOW)
+    fmt = raw.get("probe", PROBE_FORMAT)
+    if not isinstance(fmt, int):
+        raise BadInput(f"{source}: \"probe\" is {fmt!r}, not a format number", hint=_HOW)
+    if fmt > PROBE_FORMAT:
+        raise BadInput(f"{source}: probe format {fmt} is newer than this wheelfarm's ({PROBE_FORMAT})",
                        hint="upgrade wheelfarm")
-    torch, _, local = (raw.get("torch") or "").partition("+")
-    gpu = raw.get("gpu")
+
+    def text_of(key: str, *, xy: bool = False) -> str | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or (xy and not _is_xy(value.split("-")[0])):
+            raise BadInput(f"{source}: {key!r} is {value!r}, expected " + ("X.Y" if xy else "a string"), hint=_HOW)
+        return value
+
+    if raw.get("torch_error") and not raw.get("torch"):
+        raise BadInput(f"{source}: torch is installed there but does not import ({raw['torch_error']})",
+                       hint="fix that torch first: no extension wheel can load without it")
+    gpu, abi = raw.get("gpu"), raw.get("cxx11abi")
+    if gpu is not None and not (isinstance(gpu, list) and len(gpu) == 2 and all(isinstance(g, int) for g in gpu)):
+        raise BadInput(f"{source}: \"gpu\" is {gpu!r}, expected [major, minor]", hint=_HOW)
+    if abi is not None and not isinstance(abi, bool):
+        raise BadInput(f"{source}: \"cxx11abi\" is {abi!r}, expected true, false or null", hint=_HOW)
+    python = text_of("python", xy=True)
+    torch, _, local = (text_of("torch") or "").partition("+")
+    if torch:
+        _version(torch)
+    glibc = text_of("glibc", xy=True)
     return Env(
-        python=str(raw["python"]),
+        python=str(python),
         torch=torch or None,
-        cuda=raw.get("cuda"),
-        cxx11abi=raw.get("cxx11abi"),
-        glibc=raw.get("glibc"),
-        gpu=(int(gpu[0]), int(gpu[1])) if gpu else None,
-        machine=str(raw.get("machine") or "x86_64"),
+        cuda=text_of("cuda", xy=True),
+        cxx11abi=abi,
+        glibc=glibc.split("-")[0] if glibc else None,
+        gpu=(gpu[0], gpu[1]) if gpu else None,
+        machine=normalize_machine(text_of("machine") or "x86_64"),
         source=source,
         torch_local=local,
     )
+
+
+MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def normalize_machine(value: str) -> str:
+    """x86_64 or aarch64 (amd64 and arm64 are other names of them); BadInput for anything else."""
+    machine = MACHINES.get(value.lower())
+    if machine is None:
+        raise BadInput(f"machine {value!r}: wheelfarm builds for x86_64 and aarch64 (also spelled amd64, arm64)")
+    return machine
 
 
 def manual_env(*, python: str, torch: str, cuda: str | None, cxx11abi: str | None, glibc: str | None,
@@ -129,8 +169,8 @@ def manual_env(*, python: str, torch: str, cuda: str | None, cxx11abi: str | Non
     else:
         raise BadInput(f"--cxx11abi {cxx11abi!r}: expected TRUE or FALSE")
     return Env(python=python, torch=version, cuda=None if cuda == "cpu" else cuda, cxx11abi=abi, glibc=glibc,
-               machine=machine, source="given by hand" + ("" if cxx11abi else f" (cxx11abi {abi}: torch's default)"),
-               torch_local=local)
+               machine=normalize_machine(machine), torch_local=local,
+               source="given by hand" + ("" if cxx11abi else f" (cxx11abi {abi}: torch's default)"))
 
 
 def _is_xy(value: str) -> bool:
@@ -163,6 +203,7 @@ def image_env(name: str, machine: str | None = None) -> Env:
         )
     img = table[name]
     machines = [str(m) for m in img.get("machines", [img.get("machine", "x86_64")])]
+    machine = normalize_machine(machine) if machine else None
     if machine and machine not in machines:
         raise BadInput(f"--image {name}: published for {', '.join(machines)}, not {machine}")
     torch, _, local = str(img["torch"]).partition("+")

@@ -62,5 +62,11 @@ def capability(value: str) -> tuple[int, int]:
         return int(m[1]), int(m[2])
     if (cap := known().get(_key(text))) is not None:
         return cap
+    # As nvidia-smi and torch print them: "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB": the longest known
+    # name the card's name starts with (A100 before A10).
+    key = _key(text)
+    prefixes = [name for name in known() if key.startswith(name)]
+    if prefixes:
+        return known()[max(prefixes, key=len)]
     raise BadInput(f"--gpu {value!r}: not a compute capability (sm90, sm_120, 8.6) nor a known GPU name",
                    hint=f"known names: {', '.join(sorted(known()))} (src/wheelfarm/data/gpus.toml)")

@@ -3,8 +3,8 @@
 Static, generated with the index (no server logic), and usable **without JavaScript**: every wheel is a row carrying
 its facts as attributes, and the pickers filter the rows through CSS ``:has()`` rules (a row whose attribute does not
 match the checked option is hidden). The only script fills in the mirror's address in the lines (without it they
-read ``$MIRROR``, which the page explains) and counts what is left. The GPU rule is ``resolve``'s: a variant built
-for named archs (``sm90``) runs on those only; a standard wheel on every GPU from the package's minimum arch.
+read ``$MIRROR``, which the page explains) and counts what is left. The GPU rule is ``resolve``'s: the GPU code
+the wheel's audit listed (recorded in the index state at publish), else the name (a variant ``sm90`` runs there only).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import answers, naming
 from .environment import min_arch
+from .gpu_code import GpuCode
 from .resolve import gpu_runs
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ def _facts(e: Entry) -> dict[str, str] | None:
     except ValueError:
         return None
     floor = min_arch(w.package) or 0
-    runs = [f"sm{a}{b}" for a, b in GPUS if a * 10 + b >= floor and gpu_runs(w.variant, (a, b))]
+    code = GpuCode.from_list(e.gpu_code) if e.gpu_code else None
+    runs = [f"sm{a}{b}" for a, b in GPUS if a * 10 + b >= floor
+            and (code.runs_on((a, b)) if code else gpu_runs(w.variant, (a, b)))]
     py = w.python_tag.removeprefix("cp")
     return {"package": w.package, "torch": w.torch, "cuda": w.cuda_tag, "python": f"{py[0]}.{py[1:]}",
             "abi": str(w.cxx11abi).upper(), "gpu": " ".join(runs), "platform": w.platform,
@@ -149,6 +152,8 @@ these packages: it lists no wheel built for one torch/CUDA (see the variant inde
 <form>{form}</form>
 <p id="unsupported">This GPU is older than the packages support (flash-attn 2 needs sm80, Ampere, or newer): no
 wheel can run on it. Use torch's <code>scaled_dot_product_attention</code> instead.</p>
+<p>A GPU newer than your torch's CUDA fails in torch itself, whatever wheel you add: an RTX 50xx (sm120) or B200
+needs a torch built with CUDA 12.8 or newer. <code>wheelfarm resolve</code> checks that for you.</p>
 <p id="count"></p>
 <table>
 <thead><tr><th>package</th><th>torch</th><th>CUDA</th><th>Python</th><th>C++11 ABI</th><th>variant</th>

@@ -2,11 +2,12 @@
 
 Pure functions only. ``build_pages(entries)`` returns ``{mirror path: bytes}``:
 
-- ``<variant>/simple/...`` per local version label (``cu12torch2.8cxx11abiTRUE``), so
-  ``pip install flash-attn --index-url <mirror>/<variant>/simple`` can only pick that variant;
+- ``<variant>/simple/...`` per local version label (``cu12torch2.8cxx11abiTRUE``): only that variant's files
+  (``answers.py`` prints the lines that use it as an extra index with the whole version pinned);
 - ``simple/index.html`` and ``simple/<project>/index.html`` (PEP 503), the **global index**, which lists only the
-  wheels that are safe in any environment: those without a local label. A labelled wheel (built for one torch ×
-  CUDA × C++ ABI) is never a file there: pip and uv rank local labels by string, so a global page listing every
+  wheels without a local label (one build per release and tag: nothing for an installer to choose wrongly between;
+  the farm names every torch-extension wheel with a label). A labelled wheel (built for one torch × CUDA × C++
+  ABI) is never a file there: pip and uv rank local labels by string, so a global page listing every
   variant hands an arbitrary one (a wrong ABI) to whoever points at it. Its project page links the variant pages
   instead (links pip and uv skip: they are not distribution files) and says to use one, or ``wheelfarm resolve``;
 - ``index.json`` beside each page (PEP 691 JSON, api-version 1.1) for tools that read it; static hosts cannot
@@ -52,6 +53,7 @@ class Entry:
     size: int | None = None
     url: str | None = None  # absolute link (GitHub assets); None: relative to the mirror root
     key: str | None = None  # where the bytes are when not at wheels/<project>/<file> (a --replace: publish.py)
+    gpu_code: tuple[str, ...] | None = None  # the SASS/PTX archs its audit listed (the home page's GPU filter)
 
     @property
     def path(self) -> str:
@@ -69,6 +71,7 @@ class Entry:
             size=raw.get("size"),
             url=raw.get("url"),
             key=raw.get("key"),
+            gpu_code=tuple(map(str, raw["gpu_code"])) if raw.get("gpu_code") else None,
         )
 
 

@@ -32,6 +32,7 @@ from packaging.version import Version
 
 from . import log
 from .errors import PublishFailed
+from .gpu_code import GpuCode
 from .index import Entry, Replacement, State, build_pages, content_type
 from .store import Store, sha256_of
 from .wheelcheck import Identity, check_wheel
@@ -82,7 +83,17 @@ class LocalWheel:
             metadata_sha256=hashlib.sha256(self.metadata).hexdigest(),
             size=self.path.stat().st_size,
             url=url,
+            gpu_code=self.gpu_code(),
         )
+
+    def gpu_code(self) -> tuple[str, ...] | None:
+        """The SASS and PTX archs (``sm_90``, ``compute_90``) the audit beside the wheel listed; None without one."""
+        try:
+            archs = json.loads(self.side_file(".audit.json").read_text()).get("archs")
+        except (OSError, ValueError, AttributeError):
+            return None
+        code = GpuCode.from_audit(archs)
+        return (*code.sass, *code.ptx) if code else None  # GpuCode.from_list reads it back
 
 
 def inspect_wheel(path: Path) -> LocalWheel:

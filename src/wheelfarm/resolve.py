@@ -25,6 +25,7 @@ from packaging.version import Version
 from . import answers, gpus, mirror_read, naming
 from .environment import Env
 from .errors import BadInput
+from .gpu_code import GpuCode
 
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
 _LEGACY_MANYLINUX = {"manylinux1": "2.5", "manylinux2010": "2.12", "manylinux2014": "2.17"}
@@ -47,6 +48,39 @@ class Decision:
     notes: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class AuditFacts:
+    """What a wheel's ``.audit.json`` says about where it runs."""
+
+    glibc: str | None = None  # the highest GLIBC version its ELF files need
+    code: GpuCode | None = None  # the GPU code it carries
+
+    @classmethod
+    def from_json(cls, data: bytes) -> AuditFacts | None:
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        glibc = doc.get("glibc") if isinstance(doc.get("glibc"), dict) else {}
+        floor = glibc.get("max_glibc") if glibc else None
+        return cls(str(floor) if floor else None, GpuCode.from_audit(doc.get("archs")))
+
+
+def _audit_mismatch(env: Env, facts: AuditFacts | None) -> list[str]:
+    out = []
+    if facts and facts.glibc and env.glibc and _version_key(facts.glibc) > _version_key(env.glibc):
+        out.append(f"its audit says it needs glibc {facts.glibc}, the environment has {env.glibc}")
+    if facts and facts.code and env.gpu and not facts.code.runs_on(env.gpu):
+        out.append(f"its audit found GPU code for {facts.code.describe()} only: nothing runs on {gpus.sm(env.gpu)}")
+    return out
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
 def decide(
     env: Env,
     files: Sequence[str],
@@ -55,10 +89,11 @@ def decide(
     mirror: str = "",
     min_arch: int | None = None,
     variant_archs: Mapping[str, Sequence[int]] | None = None,
-    glibc_floor: Callable[[str], str | None] | None = None,
+    audit: Callable[[str], AuditFacts | None] | None = None,
 ) -> Decision:
-    """Pick the wheel for ``env`` among ``files`` (file names), or explain why none fits. ``glibc_floor(file)`` is
-    the highest GLIBC version the wheel's audit measured (None: unknown); it is asked for fitting wheels only."""
+    """Pick the wheel for ``env`` among ``files`` (file names), or explain why none fits. ``audit(file)`` is what
+    the wheel's audit measured (None: no audit result); it is asked for the wheels that fit by name only. A
+    standard wheel is preferred to a variant (which may be built for some GPUs only, or with features left out)."""
     package = canonicalize_name(package)
     blocker = _env_blocker(env, package, min_arch)
     if blocker:
@@ -76,22 +111,32 @@ def decide(
     if env.glibc is None:
         notes += ("glibc unknown: the wheels' glibc floors were not checked",)
     fits = sorted(((f, w) for f, w, miss in wheels if not miss),
-                  key=lambda fw: (Version(fw[1].version), fw[1].variant == "", fw[1].platform), reverse=True)
+                  key=lambda fw: (fw[1].variant == "", Version(fw[1].version),
+                                  fw[1].cuda_tag == naming.setup_py_cuda_tag(package, fw[1].version, env.cuda or "",
+                                                                            env.torch), fw[1].platform),
+                  reverse=True)
     refused: dict[str, list[str]] = {}
-    for f, _ in fits:
-        floor = glibc_floor(f) if glibc_floor and env.glibc else None
-        if floor and Version(floor) > Version(env.glibc or "0"):
-            refused[f] = [f"its audit says it needs glibc {floor}, the environment has {env.glibc}"]
+    for f, w in fits:
+        facts = audit(f) if audit else None
+        why = _audit_mismatch(env, facts)
+        if why:
+            refused[f] = why
             continue
+        if audit and facts is None and (env.glibc or env.gpu):
+            notes += (f"{f} has no audit result beside it on the mirror: its glibc floor and GPU code were not "
+                      "checked",)
         if env.prerelease:
             return _prerelease(env, package, f, wheels, notes)
+        if w.variant:
+            notes += (f"this is a variant build ({w.variant}): made for some GPUs only or with features left out; "
+                      "the mirror has no standard wheel for this environment",)
         answer = answers.for_wheel(mirror, f)
         return Decision(True, env.describe(), wheel=f, variant=f.split("-")[1].partition("+")[2],
                         index_url=answer.index_url, install=answer.pip, lines=answer.lines(), notes=notes)
     ranked = sorted(((f, refused.get(f, miss)) for f, _, miss in wheels), key=lambda t: (len(t[1]), t[0]))[:3]
     nearest = tuple(f"{f} (differs: {'; '.join(miss)})" for f, miss in ranked)
     if refused:
-        reason = f"the {package} wheels that match by name need a newer glibc than {env.glibc}"
+        reason = f"the {package} wheels that match by name do not fit what their audits measured"
     else:
         reason = f"no {package} wheel on the mirror fits" if wheels else f"the mirror has no {package} wheels"
     if env.prerelease:
@@ -139,7 +184,7 @@ def _env_blocker(env: Env, package: str, min_arch: int | None) -> str | None:
     if env.torch is None:
         return f"torch is not installed: {package} wheels are built per torch release, install torch first"
     if env.cuda is None:
-        return f"torch {env.torch} is a CPU-only build: {package} needs a CUDA build of torch"
+        return f"torch {env.torch} is not a CUDA build (CPU-only, or ROCm): {package} needs a CUDA build of torch"
     need = gpus.min_cuda(env.gpu) if env.gpu else None
     if need and Version(env.cuda) < Version(need):
         sm = gpus.sm(env.gpu) if env.gpu else "?"
@@ -167,7 +212,9 @@ def _mismatches(env: Env, w: naming.WheelName, variant_archs: Mapping[str, Seque
     if w.torch != naming.torch_tag(env.torch):
         out.append(f"torch {w.torch} ≠ {naming.torch_tag(env.torch)}")
     want = naming.setup_py_cuda_tag(w.package, w.version, env.cuda, env.torch)
-    if w.cuda_tag != want:
+    if w.cuda_tag != want and naming.toolkit_for_cuda_tag(w.cuda_tag).split(".")[0] != env.cuda.split(".")[0]:
+        # The tag setup.py asks for, or another build of the same CUDA major (minor-version compatibility: upstream
+        # serves every 12.x torch from one 12.3 build; the farm builds 2.6.3's cu12 wheels with 12.6).
         out.append(f"CUDA {w.cuda_tag} ≠ {want} (torch's CUDA {env.cuda})")
     if env.cxx11abi is not None and w.cxx11abi != env.cxx11abi:
         out.append(f"cxx11abi {str(w.cxx11abi).upper()} ≠ {str(env.cxx11abi).upper()}")
@@ -190,7 +237,7 @@ def _platform_mismatch(env: Env, platform: str) -> list[str]:
         out.append(f"platform {platform} is not {env.machine}")
     m = _MANYLINUX.match(platform)
     floor = f"{m[1]}.{m[2]}" if m else _LEGACY_MANYLINUX.get(platform.rsplit("_", 2)[0])
-    if floor and env.glibc and Version(floor) > Version(env.glibc):
+    if floor and env.glibc and _version_key(floor) > _version_key(env.glibc):
         out.append(f"needs glibc {floor}, the environment has {env.glibc}")
     return out
 
@@ -199,9 +246,7 @@ def build_select(env: Env, package: str, version: str | None = None) -> list[str
     """The ``--select`` of the standard cell for ``env`` (matrix.select's keys and globs): one package version
     (when known), torch X.Y, the CUDA its naming era tells apart, Python, ABI, this platform, no variant."""
     assert env.torch is not None and env.cuda is not None
-    digits = naming.era(package, version).cuda_digits if version else 1
-    cuda_major, cuda_minor = [*env.cuda.split("."), "0"][:2]
-    cuda = f"{cuda_major}.*" if digits == 1 else f"{cuda_major}.{cuda_minor}"
+    cuda = f"{env.cuda.split('.')[0]}.*"  # any build of torch's CUDA major: the matrix picks the toolkit per era
     abi = "TRUE" if env.cxx11abi in (True, None) else "FALSE"
     return [f"package={package}", *([f"version={version}"] if version else []), f"torch={naming.torch_tag(env.torch)}",
             f"cuda={cuda}", f"python={env.python}", f"cxx11abi={abi}", f"platform=linux_{env.machine}", "variant="]
@@ -213,8 +258,10 @@ def _newest(wheels: Sequence[naming.WheelName]) -> str | None:
 
 def build_command(select: Sequence[str], *, exact_torch: bool = False) -> str:
     words = " ".join(select)
-    if exact_torch:  # against the environment's own torch: the host backend with this interpreter (runner torch)
-        return f"wheelfarm build --backend host --python \"$(command -v python)\" --select {words}   # inside it"
+    if exact_torch:  # against the environment's own torch and CUDA: the host backend with this interpreter
+        return (f"wheelfarm build --backend host --python \"$(command -v python)\" --cuda-home "
+                f"\"${{CUDA_HOME:-/usr/local/cuda}}\" --select {words}   # inside it, from a wheelfarm checkout with "
+                "pip install -e '.[farm]'")
     return f"nox -s build -- --select {words}"
 
 
@@ -226,14 +273,18 @@ def against_matrix(decision: Decision, env: Env, package: str, matrix: Path) -> 
 
     if not decision.select or env.torch is None or env.cuda is None:
         return decision
-    cells = select(expand(load(matrix)), decision.select)
+    every = expand(load(matrix))
+    cells = select(every, decision.select)
     versions = {c.version for c in cells}
-    if len(versions) > 1 or (cells and not any(s.startswith("version=") for s in decision.select)):
+    chosen = list(decision.select)
+    if len(versions) > 1 or (cells and not any(s.startswith("version=") for s in chosen)):
         chosen = build_select(env, package, max(versions, key=Version))
-        exact = decision.build_command is not None and decision.build_command.startswith("wheelfarm build")
-        return replace(decision, select=tuple(chosen), build_command=build_command(chosen, exact_torch=exact))
+    if len({c.wheel for c in select(every, chosen)}) > 1:  # two toolkits of one major make two names: torch's own
+        exact = [f"cuda={env.cuda}" if s.startswith("cuda=") else s for s in chosen]
+        chosen = exact if select(every, exact) else chosen
     if cells:
-        return decision
+        exact_torch = decision.build_command is not None and decision.build_command.startswith("wheelfarm build")
+        return replace(decision, select=tuple(chosen), build_command=build_command(chosen, exact_torch=exact_torch))
     note = (f"{matrix} has no such cell yet: add the torch/CUDA/Python to a [[matrix]] block (one toml edit), "
             "then run that command")
     return replace(decision, notes=(*decision.notes, note))
@@ -250,11 +301,14 @@ def mirror_url(value: str) -> str:
     variant folder before it (``…/cu12torch2.8cxx11abiTRUE/simple`` names the same mirror, not a root below it)."""
     url = value if "://" in value else Path(value).resolve().as_uri()
     url = url.rstrip("/")
+    head, _, last = url.rpartition("/")
+    if head.endswith("/simple"):  # …/simple/<project>: a project page
+        url = head
     if url.endswith("/simple"):
         url = url[: -len("/simple")]
-        head, _, last = url.rpartition("/")
-        if _LABEL_DIR.match(last):
-            url = head
+    head, _, last = url.rpartition("/")
+    if _LABEL_DIR.match(last):  # …/<variant>[/simple]: a variant index of the mirror
+        url = head
     return url
 
 
@@ -285,13 +339,10 @@ class MirrorView:
     def files(self) -> list[str]:
         return sorted(self.urls)
 
-    def glibc_floor(self, file: str) -> str | None:
+    def audit(self, file: str) -> AuditFacts | None:
+        """What ``<file>.audit.json`` beside the wheel says; None when there is none (or it is not readable)."""
         data = _get(self.mirror, self.urls[file] + ".audit.json")
-        try:
-            doc = json.loads(data) if data else None
-            return str(doc["glibc"]["max_glibc"]) if doc and doc.get("glibc") else None
-        except (ValueError, KeyError, TypeError):
-            return None
+        return AuditFacts.from_json(data) if data else None
 
 
 def available_wheels(mirror: str, package: str) -> list[str]:

@@ -97,7 +97,7 @@ def execute(args: argparse.Namespace) -> int:
     mirror = mirror_url(args.index_url)
     view = MirrorView(mirror, args.package)
     decision = decide(env, view.files, package=args.package, mirror=mirror, min_arch=min_arch(args.package),
-                      glibc_floor=view.glibc_floor)
+                      audit=view.audit)
     matrix = args.matrix or (Path("build_matrix.toml") if Path("build_matrix.toml").is_file() else None)
     if matrix:
         decision = against_matrix(decision, env, args.package, matrix)

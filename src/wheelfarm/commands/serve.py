@@ -26,7 +26,7 @@ def execute(args: argparse.Namespace) -> int:
     httpd = server(args.mirror, args.host, args.port)
     host, port = str(httpd.server_address[0]), int(httpd.server_address[1])
     log.info(f"serving {args.mirror} at http://{host}:{port}/ "
-             f"(pip/uv: --index-url http://{host}:{port}/<variant>/simple)")
+             f"(home page http://{host}:{port}/ ; the install lines: wheelfarm resolve --index-url http://{host}:{port})")
     print(f"http://{host}:{port}/", flush=True)
     try:
         httpd.serve_forever()

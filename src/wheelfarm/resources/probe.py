@@ -8,7 +8,8 @@ any image, Colab cell or cluster node
 ``wheelfarm resolve`` runs this same file to inspect an interpreter. Keys: python (X.Y), machine, glibc, torch
 (``torch.__version__`` whole, local label included), cuda (``torch.version.cuda``), cxx11abi
 (``torch._C._GLIBCXX_USE_CXX11_ABI``), gpu ([major, minor] of device 0, from torch, else from ``nvidia-smi``),
-gpu_name, probe (this format's version). A fact that cannot be read is null.
+gpu_name, probe (this format's version), torch_error (only when torch is there but fails to import). A fact
+that cannot be read is null.
 """
 import json
 import os
@@ -24,12 +25,18 @@ except (ValueError, OSError, AttributeError, IndexError):
     pass
 try:
     import torch
-except Exception:  # not installed, or broken: say so by leaving the torch facts null
+except ImportError as exc:  # not installed: the torch facts stay null
     torch = None
+    if getattr(exc, "name", None) != "torch":  # installed but broken (a missing CUDA library, say): say so
+        env["torch_error"] = "%s: %s" % (type(exc).__name__, exc)
+except Exception as exc:
+    torch = None
+    env["torch_error"] = "%s: %s" % (type(exc).__name__, exc)
 if torch is not None:
-    env["torch"] = str(torch.__version__)
-    env["cuda"] = torch.version.cuda
-    env["cxx11abi"] = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
+    env["torch"] = str(getattr(torch, "__version__", "")) or None
+    env["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
+    abi = getattr(getattr(torch, "_C", None), "_GLIBCXX_USE_CXX11_ABI", None)
+    env["cxx11abi"] = None if abi is None else bool(abi)
     try:
         if torch.cuda.is_available():
             env["gpu"] = list(torch.cuda.get_device_capability(0))
