@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import nox
@@ -80,9 +81,10 @@ def publish(session: nox.Session) -> None:
 def gpu_test(session: nox.Session) -> None:
     """GPU-test the wheels in wheelhouse/ (skips with a message on a machine without a GPU)."""
     _install(session)
-    wheels = sorted(str(p) for p in Path("wheelhouse").glob("*.whl"))
+    machine = platform.machine()  # a GPU runner tests the wheels of its own architecture
+    wheels = sorted(str(p) for p in Path("wheelhouse").glob(f"*_{machine}.whl"))
     if not wheels:
-        session.skip("no wheels in wheelhouse/: run `nox -s build` first")
+        session.skip(f"no {machine} wheels in wheelhouse/: run `nox -s build` first")
     for wheel in wheels:
         session.run("wheelfarm", "gpu-test", wheel, "--reuse-env", *session.posargs)
 

@@ -7,6 +7,7 @@ Real parts throughout: nvcc 13.0 from PyPI wheels, torch 2.14.1, pip, venv. No G
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -152,3 +153,15 @@ def test_build_refuses_a_cuda_home_without_nvcc(fixture_build: FixtureBuild, tmp
                          "--wheelhouse", str(tmp_path / "wh"))
     assert proc.returncode == 2, proc.stderr
     assert f"no nvcc at {tmp_path}/bin/nvcc" in " ".join(proc.stderr.split())
+
+
+def test_a_two_digit_era_cell_refuses_another_minor_of_its_cuda() -> None:
+    """flash-attn 2.6.3 names major.minor (cu126): a --cuda-home of 12.9 would build a wheel that lies."""
+    config = load(ROOT / "build_matrix.toml")
+    cell = select(expand(config), ["version=2.6.3", "platform=linux_x86_64"])[0]
+    torch = f"{cell.torch}.0+cu{cell.cuda.replace('.', '')}"
+    good = _tc(torch_version=torch, torch_cuda=cell.cuda, cxx11abi=cell.cxx11abi, nvcc_version=cell.cuda,
+               compiler_version="g++ (GCC) 12.2.0", compiler_major=12)
+    toolchain.check(config, cell, good)
+    with pytest.raises(BadInput, match=r"names CUDA 12\.6 \(flash-attn 2\.6\.3's names carry major\.minor\)"):
+        toolchain.check(config, cell, dataclasses.replace(good, nvcc_version="12.9"))

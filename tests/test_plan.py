@@ -187,6 +187,9 @@ def test_gpu_result_required_only_when_asked() -> None:
     gpu = holding([a, b, c], FakeReader(files), require_gpu=True)
     assert gpu.present == {a.wheel}
     assert set(gpu.incomplete) == {b.wheel, c.wheel}
+    arch = a.platform.removeprefix("linux_")  # x86_64
+    exempt = holding([a, b, c], FakeReader(files), require_gpu=True, gpu_untested=[arch])  # publish's rule
+    assert exempt.present == {a.wheel, b.wheel, c.wheel}
 
 
 def test_incomplete_wheels_are_planned_and_reported() -> None:

@@ -121,6 +121,9 @@ def test_replace_overwrites_and_logs_the_old_hash(tmp_path: Path) -> None:
         (True, None, Options(require_gpu_result=True), "no GPU test result"),
         (True, False, Options(require_gpu_result=True), "the GPU test did not pass"),
         (True, True, Options(require_gpu_result=True), None),
+        # wheels of an architecture with no GPU runner: audit alone; another architecture's still need the result
+        (True, None, Options(require_gpu_result=True, gpu_untested=("x86_64",)), None),
+        (True, None, Options(require_gpu_result=True, gpu_untested=("aarch64",)), "no GPU test result"),
     ],
 )
 def test_gates(

@@ -130,11 +130,16 @@ def test_pipeline_order_and_gpu_runner(farm: dict[str, Any]) -> None:
     assert any("nox\" -s gpu_test" in s.get("run", "") or "nox -s gpu_test" in s.get("run", "")
                for s in steps(gpu))
     downloads = [s for s in steps(gpu) if s.get("uses", "").startswith("actions/download-artifact@")]
-    assert downloads and downloads[0]["with"]["pattern"] == "wheels-*"
+    # The x86_64 GPU runner takes the x86_64 wheels only (an aarch64 wheel cannot install there): the pattern
+    # must match the build's artifact names, which end with the cell's platform.
+    (upload,) = [s for s in steps(jobs["build"]) if s.get("uses", "").startswith("actions/upload-artifact@")
+                 and "wheels-" in s["with"]["name"]]
+    assert upload["with"]["name"].endswith("-${{ matrix.platform }}")
+    assert downloads and downloads[0]["with"]["pattern"] == "wheels-*-linux_x86_64"
     for name in ("publish", "release"):
         assert set(jobs[name]["needs"]) == {"plan", "build", "gpu-test"}
         runs = " ".join(s.get("run", "") for s in steps(jobs[name]))
-        assert "wheelfarm publish wheelhouse" in runs and "--require-gpu-result" in runs
+        assert "wheelfarm publish wheelhouse" in runs and "--require-gpu-result --gpu-untested aarch64" in runs
         assert "wheelfarm index --to" in runs  # reindex
         assert jobs[name]["concurrency"]["cancel-in-progress"] is False
     assert farm["concurrency"]["cancel-in-progress"] is False

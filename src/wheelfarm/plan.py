@@ -173,7 +173,7 @@ def _passed(data: bytes | None) -> bool | None:
     return doc.get("passed") is True if isinstance(doc, dict) else False
 
 
-def _verdict(path: str, reader: MirrorReader, require_gpu: bool) -> str | None:
+def _verdict(path: str, reader: MirrorReader, require_gpu: bool) -> str | None:  # require_gpu: for this wheel
     """None when the stored wheel at ``path`` counts as present, else the reason it does not."""
     checks = [(AUDIT, "audit")] + ([(GPU, "GPU test")] if require_gpu else [])
     for suffix, what in checks:
@@ -185,16 +185,20 @@ def _verdict(path: str, reader: MirrorReader, require_gpu: bool) -> str | None:
     return None
 
 
-def holding(cells: Iterable[Cell], reader: MirrorReader, *, require_gpu: bool = False) -> Holding:
-    """Which of the cells' wheels the mirror holds, complete with passing results."""
+def holding(cells: Iterable[Cell], reader: MirrorReader, *, require_gpu: bool = False,
+            gpu_untested: Sequence[str] = ()) -> Holding:
+    """Which of the cells' wheels the mirror holds, complete with passing results (a GPU result too with
+    ``require_gpu``, except for wheels of the ``gpu_untested`` architectures: publish's rule)."""
+    from .publish import gpu_exempt
+
     by_path = {wheel_path(c): c.wheel for c in cells}
     stored: set[str] = set()
     for project in sorted({p.split("/")[1] for p in by_path}):
         stored |= reader.wheel_names(project)
     candidates = sorted(set(by_path) & stored)
     with concurrent.futures.ThreadPoolExecutor(max_workers=READERS) as pool:
-        verdicts = dict(zip(candidates, pool.map(lambda p: _verdict(p, reader, require_gpu), candidates),
-                            strict=True))
+        verdicts = dict(zip(candidates, pool.map(
+            lambda p: _verdict(p, reader, require_gpu and not gpu_exempt(p, gpu_untested)), candidates), strict=True))
     present = frozenset(by_path[p] for p, v in verdicts.items() if v is None)
     incomplete = {by_path[p]: v for p, v in verdicts.items() if v is not None}
     return Holding(present, incomplete)
@@ -271,11 +275,12 @@ def open_reader(target: str, open_store: Callable[[str], Store]) -> MirrorReader
 
 
 def plan_against(cells: Sequence[Cell], reader: MirrorReader | None, *, force: bool = False,
-                 require_gpu: bool = False, chunk_size: int = MATRIX_LIMIT,
+                 require_gpu: bool = False, gpu_untested: Sequence[str] = (), chunk_size: int = MATRIX_LIMIT,
                  runners: Mapping[str, str] | None = None) -> tuple[Plan, float]:
     """Read the mirror (not at all with ``force``) and plan; returns the plan and the seconds it took."""
     start = time.monotonic()
-    held = Holding(frozenset()) if force or reader is None else holding(cells, reader, require_gpu=require_gpu)
+    held = (Holding(frozenset()) if force or reader is None
+            else holding(cells, reader, require_gpu=require_gpu, gpu_untested=gpu_untested))
     result = plan(cells, held.present, force=force, chunk_size=chunk_size, incomplete=held.incomplete,
                   runners=runners)
     return result, time.monotonic() - start

@@ -48,6 +48,7 @@ class Options:
     replace: bool = False
     audit_gate: bool = True
     require_gpu_result: bool = False
+    gpu_untested: tuple[str, ...] = ()  # architectures with no GPU runner: their wheels need no .gpu.json
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,18 @@ def _sha256(path: Path) -> str:
     return sha256_of(path)
 
 
+def gpu_exempt(file: str, architectures: Sequence[str]) -> bool:
+    """Whether a wheel (or a cell's platform tag) is for one of ``architectures`` (``aarch64``): farms with no GPU
+    runner of that architecture publish its wheels on the audit alone (``--gpu-untested aarch64``)."""
+    platform = file.removesuffix(".whl").rsplit("-", 1)[-1]
+    return any(platform.endswith(f"_{arch}") for arch in architectures)
+
+
 def check_gates(wheel: LocalWheel, opts: Options) -> None:
+    gpu = opts.require_gpu_result and not gpu_exempt(wheel.file, opts.gpu_untested)
     gates = [
         (".audit.json", "audit", opts.audit_gate, "run the audit, or pass --no-audit-gate"),
-        (".gpu.json", "GPU test", opts.require_gpu_result, "run the GPU tests, or drop --require-gpu-result"),
+        (".gpu.json", "GPU test", gpu, "run the GPU tests, or drop --require-gpu-result"),
     ]
     for suffix, what, required, fix in gates:
         if not required:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import log
+from . import log, naming
 from .compat import from_pypi, torch_cuda_build
 from .config import Config, CudaRelease
 from .errors import BadInput, BuildFailed
@@ -246,12 +246,20 @@ def check(config: Config, cell: Cell, tc: Toolchain) -> None:
                        f"was built with CUDA {torch_cuda} (the majors must agree)",
                        hint=f"point CUDA_HOME at a CUDA {torch_cuda.split('.')[0]}.x toolkit")
     check_abi(cell, tc.python, tc.cxx11abi)
+    if naming.era(cell.package, cell.version).cuda_digits == 2 and not _same_minor(tc.nvcc_version, cell.cuda):
+        raise BadInput(f"CUDA mismatch: nvcc at {tc.cuda_home} is {tc.nvcc_version}, but {cell.wheel} names CUDA "
+                       f"{cell.cuda} (flash-attn {cell.version}'s names carry major.minor)",
+                       hint=f"point --cuda-home at a CUDA {cell.cuda} toolkit")
     cuda = config.cuda.get(cell.cuda)
     name = Path(tc.compiler).name
     limit = None if cuda is None else (cuda.max_clang if "clang" in name else cuda.max_gcc)
     if limit is not None and tc.compiler_major > limit:
         raise BadInput(f"host compiler {tc.compiler_version!r} is newer than CUDA {cell.cuda} supports "
                        f"(max {name.split('+')[0]} {limit})", hint="set CXX/CC to a supported compiler")
+
+
+def _same_minor(nvcc: str, cuda: str) -> bool:
+    return nvcc.split(".")[:2] == cuda.split(".")[:2]
 
 
 def prepare(config: Config, cell: Cell, *, python: Path | None = None, cuda_home: Path | None = None) -> Toolchain:

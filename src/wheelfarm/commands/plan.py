@@ -38,6 +38,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="plan every selected cell, whatever the mirror holds (the mirror is not read)")
     parser.add_argument("--require-gpu-result", action="store_true",
                         help="a wheel counts as present only with a passing .gpu.json too")
+    parser.add_argument("--gpu-untested", action="append", default=[], metavar="ARCH",
+                        help="with --require-gpu-result: wheels for this architecture (aarch64) count on their audit "
+                             "alone (publish's rule)")
     parser.add_argument("--github-output", type=Path, metavar="FILE",
                         help="append matrix=<first chunk>, jobs, missing and chunks to FILE ($GITHUB_OUTPUT)")
 
@@ -81,6 +84,7 @@ def execute(args: argparse.Namespace) -> int:
         target, lambda t: open_store(t, endpoint_url=args.endpoint_url))
     description = reader.description if reader else target
     result, seconds = plan_against(cells, reader, force=args.force, require_gpu=args.require_gpu_result,
+                                   gpu_untested=args.gpu_untested,
                                    chunk_size=args.max_jobs,
                                    runners={name: p.runner for name, p in config.platforms.items()})
     warnings = [f"{wheel}: stored in {description} without a passing result; a rebuild publishes only with "

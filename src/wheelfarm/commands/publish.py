@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import log
 from ..errors import BadInput
-from ..publish import Options, publish
+from ..publish import Options, gpu_exempt, publish
 from ..store import Store, open_store
 
 NAME = "publish"
@@ -75,6 +75,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--require-gpu-result", action="store_true", help="refuse wheels without a passing <wheel>.gpu.json"
     )
+    parser.add_argument("--gpu-untested", action="append", default=[], metavar="ARCH",
+                        help="with --require-gpu-result: wheels for this architecture (aarch64) need no GPU result "
+                             "(no GPU runner of it); they are published on the audit alone, and said so")
 
 
 def _wheel_paths(items: list[str]) -> list[Path]:
@@ -97,8 +100,13 @@ def execute(args: argparse.Namespace) -> int:
     paths = _wheel_paths(args.wheels)
     store = open_target(args)
     opts = Options(
-        replace=args.replace, audit_gate=args.audit_gate, require_gpu_result=args.require_gpu_result
+        replace=args.replace, audit_gate=args.audit_gate, require_gpu_result=args.require_gpu_result,
+        gpu_untested=tuple(args.gpu_untested),
     )
+    if opts.require_gpu_result:
+        for path in paths:
+            if gpu_exempt(path.name, opts.gpu_untested) and not path.with_name(path.name + ".gpu.json").is_file():
+                log.warn(f"{path.name}: no GPU runner for its architecture: published on its audit alone")
     with log.step(f"publish {len(paths)} wheel(s) to {store.description}"):
         results = publish(store, paths, opts)
     for file, status in results.items():
