@@ -217,7 +217,7 @@ case "${1:-}" in
     # copy: the FA3 reference checks and build_matrix.toml's hopper/test_flash_attn.py subset, time-boxed
     bootstrap
     W=$(ls "$WF"/wheelhouse/flash_attn_3-*.whl | head -1)
-    python3 -m wheelfarm audit "$W" --python "$(python3 -c 'import sys; print(sys.executable)')" --archs 90a \
+    python3 -m wheelfarm audit "$W" --python "$(python3 -c 'import sys; print(sys.executable)')" --archs 80,90a \
       > "$WF/audit.out" 2>&1 || true; tail -4 "$WF/audit.out"
     python3 -m wheelfarm publish "$W" --to "$WF/mirror" > "$WF/publish.out" 2>&1 || true; tail -3 "$WF/publish.out"
     LABEL=$(basename "$W" | sed -E 's/^[^-]+-[^+]+\+([^-]+)-.*/\1/'); VERSION=$(basename "$W" | cut -d- -f2)
@@ -240,7 +240,7 @@ PY
     cat "$WF/smoke.out"
     python3 -m wheelfarm gpu-test "$W" --require-gpu --installed --python "$WF/consumer/bin/python" \
       --upstream-tests .wheelfarm/cache/sdists/flash_attn-2.8.3.post2.tar.gz --output "$WF/installed.gpu.json" \
-      --keep > "$WF/gputest.log" 2>&1 && rc=0 || rc=$?; echo "gpu-test rc=$rc" >> "$WF/gputest.log"; tail -15 "$WF/gputest.log"
+      --keep ${GPUTEST_ARGS:-} > "$WF/gputest.log" 2>&1 && rc=0 || rc=$?; echo "gpu-test rc=$rc" >> "$WF/gputest.log"; tail -15 "$WF/gputest.log"
     ;;
   fa3-collect)
     out=${OUT:?}; mkdir -p "$out/run"

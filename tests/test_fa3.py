@@ -111,7 +111,7 @@ def test_one_wheel_per_torch_cuda_abi_not_per_python(config) -> None:
     cells = [c for c in expand(config) if c.package == FA3]
     keys = {(c.torch, c.cuda, c.cxx11abi, c.variant) for c in cells}
     assert len(keys) == len(cells) == len({c.wheel for c in cells})
-    assert all(c.wheel.endswith("-cp39-abi3-linux_x86_64.whl") and c.archs == ("90a",) for c in cells)
+    assert all(c.wheel.endswith("-cp39-abi3-linux_x86_64.whl") and c.archs == ("80", "90a") for c in cells)
     assert {c.torch for c in cells if not c.variant} >= {"2.9", "2.11", "2.14"}
 
 
@@ -133,7 +133,7 @@ def test_two_build_pythons_for_an_abi3_package_are_refused(tmp_path: Path) -> No
 def test_variant_switches_reach_setup_py_and_a_feature_it_lacks_is_refused(config) -> None:
     (cell,) = select(expand(config), ["package=flash-attn-3", f"variant={VARIANT}"])
     env = build.knob_env(config, cell)
-    assert env["TORCH_CUDA_ARCH_LIST"] == "9.0a"
+    assert env["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0a"
     assert env["FLASH_ATTENTION_FORCE_BUILD"] == "TRUE" and env["FLASH_ATTN_LOCAL_VERSION"] == cell.local_label
     assert {k for k, v in env.items() if v == "TRUE" and "DISABLE" in k} == {
         config.packages[FA3].disable_knobs[f] for f in config.variants[VARIANT].disable}
@@ -302,6 +302,6 @@ def test_abi3_check_is_skipped_for_per_python_wheels_and_runs_in_the_audit(cc: s
 
 
 def test_cells_are_plain_data_for_abi3() -> None:
-    cell = Cell(FA3, "3.0.0b1", "2.11", "13.0", "3.12", True, ("90a",), abi3="cp39")
+    cell = Cell(FA3, "3.0.0b1", "2.11", "13.0", "3.12", True, ("80", "90a"), abi3="cp39")
     data = cell.to_json()
     assert data["abi3"] == "cp39" and data["wheel"].endswith("-cp39-abi3-linux_x86_64.whl")
