@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import abi3_helpers as h
-from farmtest import ROOT, flash_attn_sdist, need
-from wheelfarm import audit, build, naming, source
+from farmtest import ROOT, flash_attn_sdist, need, torch_python
+from wheelfarm import audit, build, gputest, naming, source
 from wheelfarm.config import load
 from wheelfarm.errors import ConfigError
 from wheelfarm.matrix import Cell, expand, select
@@ -305,3 +305,57 @@ def test_cells_are_plain_data_for_abi3() -> None:
     cell = Cell(FA3, "3.0.0b1", "2.11", "13.0", "3.12", True, ("80", "90a"), abi3="cp39")
     data = cell.to_json()
     assert data["abi3"] == "cp39" and data["wheel"].endswith("-cp39-abi3-linux_x86_64.whl")
+
+
+# ------------------------------------------------------------------------------------------- GPU test wiring
+
+
+def test_gpu_test_rules_follow_the_wheels_variant(config) -> None:
+    """gpu-test reads the variant from the wheel's local label and sets its DISABLE switches for the checks and for
+    upstream's test file, which parametrises by them; the test file's imports come along."""
+    (cell,) = select(expand(config), ["package=flash-attn-3", f"variant={VARIANT}"])
+    wheel = gputest.describe_wheel(Path(cell.wheel))
+    assert (wheel.project, wheel.torch, wheel.cuda_major, wheel.variant) == (FA3, "2.11", "13", VARIANT)
+    rules = gputest.rules_for(wheel.project, ROOT / "build_matrix.toml", wheel.variant)
+    assert rules.checks == "flash_attn_3" and rules.upstream_file == "hopper/test_flash_attn.py"
+    assert rules.upstream_support == ("hopper/test_util.py", "hopper/padding.py")
+    assert rules.env == {config.packages[FA3].disable_knobs[f]: "TRUE" for f in config.variants[VARIANT].disable}
+    plain = gputest.rules_for(wheel.project, ROOT / "build_matrix.toml", "")
+    assert plain.env == {}
+    assert gputest.describe_wheel(Path(cell.wheel.replace(f".{VARIANT}", ""))).variant == ""
+
+
+def test_upstream_test_file_and_its_imports_come_out_of_the_real_sdist(config, tmp_path: Path) -> None:
+    sdist = flash_attn_sdist(tmp_path)
+    rules = gputest.rules_for(FA3, ROOT / "build_matrix.toml")
+    dest = tmp_path / "upstream"
+    test_file = gputest.extract_upstream(sdist, str(rules.upstream_file), dest)
+    for support in rules.upstream_support:
+        gputest.extract_upstream(sdist, support, dest)
+    imported = {m[1] for m in re.finditer(r"^from (\w+) import", test_file.read_text(), re.MULTILINE)}
+    assert {"padding", "test_util"} <= imported
+    assert all((dest / f"{name}.py").is_file() for name in ("padding", "test_util"))
+    assert "flash_attn_interface" in imported and not (dest / "flash_attn_interface.py").exists()  # the wheel's
+
+
+def test_fa3_checks_follow_the_disable_switches(tmp_path: Path) -> None:
+    """The check list (``--list``: no GPU, no FA3 needed) drops what the variant compiled out; run by a torch
+    interpreter as gpu-test runs it."""
+    import os
+
+    python = str(torch_python())
+    script = str(gputest.gpu_checks.script("flash_attn_3"))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLASH_ATTENTION_DISABLE_")}
+
+    def listed(env: dict[str, str]) -> list[str]:
+        done = subprocess.run([python, script, "--list"], capture_output=True, text=True, env={**clean, **env},
+                              cwd=tmp_path, check=True)
+        return done.stdout.split()
+
+    full = listed({})
+    config = load(ROOT / "build_matrix.toml")
+    lite = listed({config.packages[FA3].disable_knobs[f]: "TRUE" for f in config.variants[VARIANT].disable})
+    assert any("-fp16-" in n for n in full) and any("-d64-" in n for n in full)
+    assert any(n.endswith("-new") for n in full)
+    assert lite and len(lite) < len(full) and all("-bf16-d128-" in n for n in lite)
+    assert not any(n.endswith("-new") for n in lite) and any(n.startswith("varlen-") for n in lite)
