@@ -291,10 +291,11 @@ def test_abi3_audit_refuses_what_another_python_cannot_import(cc: str, tmp_path:
     assert "every CPython >= 3.9" in check.impact
 
 
-def test_abi3_check_is_skipped_for_per_python_wheels_and_runs_in_the_audit(cc: str, tmp_path: Path) -> None:
+def test_abi3_check_runs_in_the_audit_of_abi3_wheels_only(cc: str, tmp_path: Path) -> None:
     plain = h.make_extension_wheel(tmp_path, h.PRIVATE, module_name="_C.cpython-311-x86_64-linux-gnu.so",
                                    tag="cp311-cp311-linux_x86_64")
     assert _abi3_check(plain).skipped
+    assert "abi3" not in {c.name for c in audit.audit_wheel(plain, write_json=False).checks}
     bad = h.make_extension_wheel(tmp_path / "bad", h.PRIVATE)
     report = audit.audit_wheel(bad, write_json=False)
     (check,) = [c for c in report.checks if c.name == "abi3"]

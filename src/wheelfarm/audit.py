@@ -919,7 +919,7 @@ def audit_wheel(
             check_torch_pin(decl, dist.metadata),
             check_requires_python(decl, dist.metadata),
             check_record(zf, dist),
-            check_abi3(decl, wheel, zf.namelist()),
+            *([check_abi3(decl, wheel, zf.namelist())] if decl.abi3 else []),  # limited-API wheels only
         )
     report = AuditReport(
         wheel=wheel,
