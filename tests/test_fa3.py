@@ -22,7 +22,7 @@ import pytest
 
 import abi3_helpers as h
 from farmtest import ROOT, flash_attn_sdist, need, torch_python
-from wheelfarm import audit, build, gputest, naming, source
+from wheelfarm import audit, build, gputest, naming, resolve, source
 from wheelfarm.config import load
 from wheelfarm.errors import ConfigError
 from wheelfarm.matrix import Cell, expand, select
@@ -360,3 +360,14 @@ def test_fa3_checks_follow_the_disable_switches(tmp_path: Path) -> None:
     assert any(n.endswith("-new") for n in full)
     assert lite and len(lite) < len(full) and all("-bf16-d128-" in n for n in lite)
     assert not any(n.endswith("-new") for n in lite) and any(n.startswith("varlen-") for n in lite)
+
+
+def test_resolve_takes_an_abi3_wheel_for_every_python_from_its_tag() -> None:
+    name = naming.wheel_name(FA3, "3.0.0b1", "2.11", "13.0", "3.12", True, abi3="cp39")
+    wheel = naming.parse_wheel_name(name)
+    for python, fits in (("3.10", True), ("3.14", True), ("3.8", False)):
+        env = resolve.Env(python, "2.11.0", "13.0", True)
+        assert bool(resolve._mismatches(env, wheel, {})) is not fits, python
+    assert resolve._mismatches(resolve.Env("3.8", "2.11.0", "13.0", True), wheel, {}) == ["python cp38 < cp39 (abi3)"]
+    per_python = naming.parse_wheel_name(name.replace("cp39-abi3", "cp312-cp312"))
+    assert resolve._mismatches(resolve.Env("3.13", "2.11.0", "13.0", True), per_python, {}) == ["python cp312 ≠ cp313"]
