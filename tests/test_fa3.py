@@ -160,8 +160,8 @@ def test_build_root_is_the_sdists_hopper_folder(config, tmp_path: Path, monkeypa
     (cell,) = select(expand(config), ["package=flash-attn-3", f"variant={VARIANT}"])
     calls = []
 
-    def fake_prepare(project, version, sha, src, dirs, cache, work):  # the real one is tested below
-        calls.append((project, version, sha, [d.relative_to(ROOT).as_posix() for d in dirs]))
+    def fake_prepare(project, version, sha, src, dirs, cache, work, pin=None):  # the real one is tested below
+        calls.append((project, version, sha, [d.relative_to(ROOT).as_posix() for d in dirs], pin))
         (work / "source" / "flash_attn-2.8.3.post2" / "hopper").mkdir(parents=True)
         (work / "source" / "flash_attn-2.8.3.post2" / "hopper" / "setup.py").write_text("")
         return work / "source" / "flash_attn-2.8.3.post2"
@@ -171,7 +171,7 @@ def test_build_root_is_the_sdists_hopper_folder(config, tmp_path: Path, monkeypa
     root = build.prepare_tree(config, cell, paths)
     assert root.name == "hopper" and root.parent.name == "flash_attn-2.8.3.post2"
     assert calls == [("flash-attn", "2.8.3.post2", config.packages["flash-attn"].versions["2.8.3.post2"].sha256,
-                      ["patches/flash-attn-3/3.0.0b1"])]
+                      ["patches/flash-attn-3/3.0.0b1"], 'packages.flash-attn-3.versions."3.0.0b1".sha256')]
 
 
 # ------------------------------------------------------------------------------------------- patches

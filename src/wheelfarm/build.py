@@ -219,7 +219,8 @@ def prepare_tree(config: Config, cell: Cell, paths: BuildPaths) -> Path:
     if src.startswith("path:"):
         src = "path:" + str((config.root / src[5:]).resolve())
     root = source.prepare_source(package.sdist_project, pin.sdist, pin.sha256, src, patch_dirs(config, cell),
-                                 paths.work_dir / "sdists", paths.group_dir(cell))
+                                 paths.work_dir / "sdists", paths.group_dir(cell),
+                                 pin=source.pin_key(cell.package, cell.version))
     if not package.subdir:
         return root
     setup_dir = root / package.subdir
