@@ -12,12 +12,17 @@
 #   scripts/gpu-runner.sh bench      # bootstrap, then `wheelfarm bench` of the sm90lite variant in the background
 #   scripts/gpu-runner.sh bench-gpu-test  # the bench's sm90lite wheel: 55 GPU checks + the 720-test upstream subset
 #   scripts/gpu-runner.sh bench-collect   # the bench's JSON, console output, ninja logs and build-log tails to $OUT
+#   SELECT="$FA3_SELECT" scripts/gpu-runner.sh start   # FlashAttention-3 (bf16hd128) on the host, in the background
+#   scripts/gpu-runner.sh fa3-finish      # publish → pip install flash-attn-3 from the mirror → smoke → gpu-test
+#   scripts/gpu-runner.sh fa3-collect     # FA3 results (logs, JSON, ninja log, audit) to $OUT as one archive
 #
 # Reproduces docs/gpu-runs/: the cell is flash-attn 2.8.3.post2 / torch 2.11 / CUDA 13.0 / cp312 / ABI TRUE / sm90.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WF=${WF:-/root/wf}
 SELECT=${SELECT:-"package=flash-attn torch=2.11 python=3.12 variant=sm90"}
+
+FA3_SELECT="package=flash-attn-3 torch=2.11 python=3.12 variant=bf16hd128"
 
 ROOT=${ROOT:-/var/tmp/wf-root}  # the unpacked build root (outside the tree: a later call cannot replace it)
 ROOT_PARTS=${ROOT_PARTS:-/var/tmp/wf-root-parts}
@@ -206,5 +211,47 @@ case "${1:-}" in
     (cd "$WF/wheelhouse" && sha256sum ./*.whl > "$out/run/wheel.sha256") || true
     tar czf "$out/run.tar.gz" -C "$out" run && rm -rf "$out/run"; ls -la "$out"
     ;;
-  *) echo "usage: $0 start|wait|status|finish|collect|bench|bench-gpu-test|bench-collect|root-part|container-start|container-finish|container-collect" >&2; exit 2 ;;
+  fa3-finish)
+    # the FA3 wheel the host build repaired and audited (abi3 included): publish → plain pip install from its variant
+    # index into a fresh venv layered over the runner's torch (a .pth) → forward pass → gpu-test of the installed
+    # copy: the FA3 reference checks and build_matrix.toml's hopper/test_flash_attn.py subset, time-boxed
+    bootstrap
+    W=$(ls "$WF"/wheelhouse/flash_attn_3-*.whl | head -1)
+    python3 -m wheelfarm audit "$W" --python "$(python3 -c 'import sys; print(sys.executable)')" --archs 80,90a \
+      > "$WF/audit.out" 2>&1 || true; tail -4 "$WF/audit.out"
+    python3 -m wheelfarm publish "$W" --to "$WF/mirror" > "$WF/publish.out" 2>&1 || true; tail -3 "$WF/publish.out"
+    LABEL=$(basename "$W" | sed -E 's/^[^-]+-[^+]+\+([^-]+)-.*/\1/'); VERSION=$(basename "$W" | cut -d- -f2)
+    PURELIB=$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    rm -rf "$WF/consumer"; python3 -m venv "$WF/consumer"
+    echo "$PURELIB" > "$("$WF/consumer/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/runner-torch.pth"
+    "$WF/consumer/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|flash)' > "$WF/torch-before.txt" || true
+    env -u PYTHONPATH "$WF/consumer/bin/python" -m pip install --no-cache-dir --index-url "file://$WF/mirror/$LABEL/simple" \
+      --find-links "$PWD/.whl" "flash-attn-3==$VERSION" pytest > "$WF/install.out" 2>&1 || true; tail -3 "$WF/install.out"
+    "$WF/consumer/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|flash)' > "$WF/torch-after.txt" || true
+    env -u PYTHONPATH "$WF/consumer/bin/python" - > "$WF/smoke.out" 2>&1 <<'PY' || true
+import importlib.metadata, torch, flash_attn_interface, flash_attn_3._C as ext
+q, k, v = (torch.randn(2, 512, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+out = flash_attn_interface.flash_attn_func(q, k, v, causal=True)
+ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                       is_causal=True).transpose(1, 2)
+print("flash_attn_3", importlib.metadata.version("flash_attn_3"), "extension", ext.__file__)
+print("forward max abs diff vs torch SDPA (bf16):", (out - ref).abs().max().item())
+PY
+    cat "$WF/smoke.out"
+    python3 -m wheelfarm gpu-test "$W" --require-gpu --installed --python "$WF/consumer/bin/python" \
+      --upstream-tests .wheelfarm/cache/sdists/flash_attn-2.8.3.post2.tar.gz --output "$WF/installed.gpu.json" \
+      --keep ${GPUTEST_ARGS:-} > "$WF/gputest.log" 2>&1 && rc=0 || rc=$?; echo "gpu-test rc=$rc" >> "$WF/gputest.log"; tail -15 "$WF/gputest.log"
+    ;;
+  fa3-collect)
+    out=${OUT:?}; mkdir -p "$out/run"
+    cp "$WF"/{machine.txt,build.out,build.json,mem.log,build.start,build.end,build.rc,audit.out,publish.out,install.out} \
+      "$WF"/{smoke.out,torch-before.txt,torch-after.txt,gputest.log,installed.gpu.json} "$out/run/" 2>/dev/null || true
+    cp "$WF"/wheelhouse/*.audit.json "$out/run/" 2>/dev/null || true
+    find "$WF/groups" -name .ninja_log -exec cp {} "$out/run/ninja_log" \; 2>/dev/null || true
+    for f in "$WF"/groups/*/logs/*.log; do [ -e "$f" ] && tail -c 400000 "$f" > "$out/run/build.log.tail"; done
+    for f in /tmp/wheelfarm-gputest-*/upstream/pytest.log; do [ -e "$f" ] && tail -c 300000 "$f" > "$out/run/upstream-pytest.log.tail"; done
+    (cd "$WF/wheelhouse" && sha256sum ./*.whl > "$out/run/wheel.sha256" && ls -l ./*.whl >> "$out/run/wheel.sha256") || true
+    tar czf "$out/run.tar.gz" -C "$out" run && rm -rf "$out/run"; ls -la "$out"
+    ;;
+  *) echo "usage: $0 start|wait|status|finish|collect|bench|bench-gpu-test|bench-collect|root-part|container-start|container-finish|container-collect|fa3-finish|fa3-collect" >&2; exit 2 ;;
 esac

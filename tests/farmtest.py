@@ -20,6 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI") == "true"
 FIXTURE_SELECT = ["package=fixture-attn", "torch=2.14", "cuda=13.0", "cxx11abi=TRUE"]
+FA_VERSION = "2.8.3.post2"
+FA_SHA256 = "d0f9f0b08a986cdeadbffcf5ec8b3a8f514366c68ad1853d3ab061bc83cc340b"
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,19 @@ def torch_python() -> Path:
 
 def _nvcc_toolchain_available() -> bool:
     return sys.platform == "linux" and os.uname().machine == "x86_64"
+
+
+def flash_attn_sdist(tmp_path: Path) -> Path:
+    """The pinned flash-attn sdist: from the repo's cache, else downloaded from PyPI, else skip (fail in CI)."""
+    from wheelfarm import source
+
+    for cache in (ROOT / ".wheelfarm" / "cache" / "sdists", ROOT / ".wheelfarm" / "sdists"):
+        candidate = cache / source.sdist_filename("flash-attn", FA_VERSION)
+        if candidate.is_file() and source.file_sha256(candidate) == FA_SHA256:
+            return candidate
+    try:
+        return source.fetch_sdist("flash-attn", FA_VERSION, FA_SHA256, tmp_path / "cache")
+    except Exception as exc:  # offline: nothing to test against
+        need(False, f"flash-attn {FA_VERSION} sdist not cached under .wheelfarm/cache/sdists and not "
+                    f"downloadable ({exc})")
+        raise

@@ -171,6 +171,8 @@ def test_min_arch_mirrors_the_matrix() -> None:
         pytest.skip("no build_matrix.toml")
     packages = tomllib.loads(matrix.read_text())["packages"]
     assert min_arch("flash-attn") == packages["flash-attn"]["min-arch"] == 80
+    for name, table in packages.items():  # every package's floor, FlashAttention-3's too
+        assert min_arch(name) == table.get("min-arch"), name
 
 
 def test_inspect_env_probes_this_interpreter() -> None:

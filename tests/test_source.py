@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from farmtest import need
+from farmtest import FA_VERSION, flash_attn_sdist
 from wheelfarm import source
 from wheelfarm.errors import BadInput
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixture" / "fixture-attn"
-FA_VERSION = "2.8.3.post2"
-FA_SHA256 = "d0f9f0b08a986cdeadbffcf5ec8b3a8f514366c68ad1853d3ab061bc83cc340b"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -379,20 +377,6 @@ def test_fixture_patch_applies_through_prepare_source(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- the real flash-attn sdist
-
-
-def flash_attn_sdist(tmp_path: Path) -> Path:
-    """The pinned flash-attn sdist: from the repo's cache, else downloaded from PyPI, else skip (fail in CI)."""
-    for cache in (REPO / ".wheelfarm" / "cache" / "sdists", REPO / ".wheelfarm" / "sdists"):
-        candidate = cache / source.sdist_filename("flash-attn", FA_VERSION)
-        if candidate.is_file() and source.file_sha256(candidate) == FA_SHA256:
-            return candidate
-    try:
-        return source.fetch_sdist("flash-attn", FA_VERSION, FA_SHA256, tmp_path / "cache")
-    except Exception as exc:  # offline: nothing to test against
-        need(False, f"flash-attn {FA_VERSION} sdist not cached under .wheelfarm/cache/sdists and not "
-                    f"downloadable ({exc})")
-        raise
 
 
 def test_real_flash_attn_patch_applies_to_real_sdist(tmp_path: Path) -> None:

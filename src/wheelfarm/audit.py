@@ -31,7 +31,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from . import cuda_archs, elf, proc
+from . import abi3, cuda_archs, elf, proc
 from .errors import BadInput, BuildFailed
 from .hashing import sha256_file
 
@@ -99,6 +99,7 @@ class Declared:
     python_tag: str | None = None  # "cp311"
     platform: str | None = None  # "linux_x86_64" or "manylinux_2_28_x86_64"
     max_glibc: str | None = None  # the highest glibc the wheel may need ("2.28" for the manylinux_2_28 image)
+    abi3: bool | None = None  # a limited-API wheel (…-cp39-abi3-…): one file for every Python from python_tag on
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -195,7 +196,8 @@ def declared_from_name(filename: str) -> Declared:
     # Several platform tags (manylinux2014_x86_64.manylinux_2_17_x86_64): the oldest glibc is the promise.
     tag = min(tags, key=lambda t: (_tag_glibc(t.platform) or (99, 99), str(t)))
     spelled = filename.split("-")[1]  # as the file name spells it (packaging lower-cases the local label)
-    base = Declared(package=str(name), version=spelled, python_tag=tag.interpreter, platform=tag.platform)
+    base = Declared(package=str(name), version=spelled, python_tag=tag.interpreter, platform=tag.platform,
+                    abi3=tag.abi == "abi3")
     try:
         from . import naming
 
@@ -636,6 +638,27 @@ def _fmt(archs: Iterable[str]) -> str:
     return ",".join(sorted(archs, key=cuda_archs.arch_sort_key)) or "none"
 
 
+# ------------------------------------------------------------ abi3
+
+
+def check_abi3(declared: Declared, wheel: Path, members: Sequence[str]) -> Check:
+    """A ``cpXY-abi3`` wheel: every shared object within the stable ABI of Python X.Y, no per-Python module names
+    (abi3audit plus a name check; see abi3.py). Other wheels: skipped."""
+    if not declared.abi3:
+        return Check("abi3", True, f"not a limited-API wheel (ABI tag of {declared.python_tag})", skipped=True)
+    match = re.fullmatch(r"cp(\d)(\d+)", declared.python_tag or "")
+    baseline = f"{match[1]}.{match[2]}" if match else str(declared.python_tag)
+    found = abi3.findings(abi3.run_abi3audit(wheel), members, baseline, abi3.tool_version())
+    problems = found.problems
+    if not problems:
+        return Check("abi3", True, f"{found.tool}: {', '.join(found.scanned)} within the stable ABI of Python "
+                     f"{baseline}; no per-Python module names")
+    return Check("abi3", False, "; ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3
+                                                            else ""),
+                 f"the file name promises every CPython >= {baseline}; on another Python than the one that built "
+                 "it the import fails (undefined symbol, or the module is not found)")
+
+
 # ------------------------------------------------------------ metadata
 
 
@@ -896,6 +919,7 @@ def audit_wheel(
             check_torch_pin(decl, dist.metadata),
             check_requires_python(decl, dist.metadata),
             check_record(zf, dist),
+            *([check_abi3(decl, wheel, zf.namelist())] if decl.abi3 else []),  # limited-API wheels only
         )
     report = AuditReport(
         wheel=wheel,

@@ -85,10 +85,18 @@ class BuildPaths:
         return self.group_dir(cell) / "logs" / f"{cell.wheel}.log"
 
 
+def torch_arch(arch: str) -> str:
+    """An arch of the matrix as TORCH_CUDA_ARCH_LIST spells it: "90" -> "9.0", "90a" -> "9.0a", "100f" -> "10.0f"."""
+    digits = arch.rstrip("af")
+    return f"{digits[:-1]}.{digits[-1]}{arch[len(digits):]}"
+
+
 def knob_env(config: Config, cell: Cell) -> dict[str, str]:
-    """The package's own build switches, set from the cell."""
-    knobs = config.packages[cell.package].knobs
-    env = {"TORCH_CUDA_ARCH_LIST": ";".join(f"{a[:-1]}.{a[-1]}" for a in cell.archs)}
+    """The package's own build switches, set from the cell (the variant's disabled features included)."""
+    package = config.packages[cell.package]
+    knobs = package.knobs
+    env = {"TORCH_CUDA_ARCH_LIST": ";".join(torch_arch(a) for a in cell.archs)}
+    env.update({package.disable_knobs[feature]: "TRUE" for feature in cell.disable})
     if knobs.force_build:
         env[knobs.force_build] = "TRUE"
     if knobs.archs:
@@ -202,14 +210,25 @@ def plan_for(config: Config, cell: Cell, *, max_jobs: int | None = None) -> jobs
 
 
 def prepare_tree(config: Config, cell: Cell, paths: BuildPaths) -> Path:
-    """The patched source tree of the cell's group (kept between runs so a killed build resumes)."""
+    """The folder with the setup.py of the cell's patched source tree (kept between runs so a killed build
+    resumes): the sdist's root, or its ``subdir`` for a package that another project's sdist holds (FA3: the
+    ``hopper/`` of flash-attn's, whose setup.py reads ``../csrc``, so the whole sdist is unpacked)."""
     package = config.packages[cell.package]
     pin = package.versions[cell.version]
     src = package.source
     if src.startswith("path:"):
         src = "path:" + str((config.root / src[5:]).resolve())
-    return source.prepare_source(cell.package, cell.version, pin.sha256, src, patch_dirs(config, cell),
-                                 paths.work_dir / "sdists", paths.group_dir(cell))
+    root = source.prepare_source(package.sdist_project, pin.sdist, pin.sha256, src, patch_dirs(config, cell),
+                                 paths.work_dir / "sdists", paths.group_dir(cell),
+                                 pin=source.pin_key(cell.package, cell.version))
+    if not package.subdir:
+        return root
+    setup_dir = root / package.subdir
+    if not (setup_dir / "setup.py").is_file():
+        raise config.error(("packages", cell.package, "subdir"), f"packages.{cell.package}.subdir = "
+                           f"{package.subdir!r}: {setup_dir} has no setup.py",
+                           hint=f"name the folder of {package.sdist_project} {pin.sdist}'s sdist that holds it")
+    return setup_dir
 
 
 def _stream(proc: subprocess.Popen[str], logfile: Path, label: str) -> Iterator[tuple[int, int]]:

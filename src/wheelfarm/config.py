@@ -51,6 +51,7 @@ class GpuTest:
     upstream_tests: str | None = None
     upstream_select: str | None = None
     upstream_timeout: int = 300
+    upstream_support: tuple[str, ...] = ()  # sdist files the test file imports, copied beside it (FA3's test_util)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class PackageVersion:
     # follows torch, e.g. through a patch). A cell outside them is impossible, with the reason.
     cuda: SpecifierSet = field(default_factory=SpecifierSet)
     cxx_std: int | None = None
+    sdist_version: str = ""  # the version of the sdist that holds it, when that differs (FA3 in flash-attn's)
+
+    @property
+    def sdist(self) -> str:
+        return self.sdist_version or self.version
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,14 @@ class Package:
     requires: tuple[str, ...]
     gpu_test: GpuTest
     versions: Mapping[str, PackageVersion]
+    sdist: str = ""  # the PyPI project whose sdist holds the package ("" = the package itself)
+    subdir: str = ""  # the folder of the sdist with the package's setup.py ("hopper" for FA3)
+    abi3: str = ""  # the limited-API Python tag of its wheels ("cp39": one cp39-abi3 wheel serves every Python)
+    disable_knobs: Mapping[str, str] = field(default_factory=dict)  # feature -> env var that compiles it out
+
+    @property
+    def sdist_project(self) -> str:
+        return self.sdist or self.name
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,7 @@ class Variant:
     archs: tuple[str, ...] | None
     description: str
     patches: str | None = None  # a folder of *.patch (repo-relative), applied after the package version's own
+    disable: tuple[str, ...] = ()  # features compiled out through the package's disable-knobs
 
 
 @dataclass(frozen=True)
@@ -295,7 +310,10 @@ def _farm(r: _Reader, raw: Mapping[str, Any]) -> Farm:
 
 _KNOBS = {"force-build", "skip-cuda-build", "archs", "local-version", "force-cxx11-abi"}
 _PACKAGE_KEYS = {"naming", "source", "import-name", "module", "min-arch", "job-peak-mb", "nvcc-threads",
-                 "knobs", "requires", "gpu-test", "versions"}
+                 "knobs", "requires", "gpu-test", "versions", "sdist", "subdir", "abi3", "disable-knobs"}
+ABI3_TAG = re.compile(r"^cp3\d+$")
+FEATURE = re.compile(r"^[a-z][a-z0-9-]*$")
+ENV_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 def _package(r: _Reader, name: str, table: Mapping[str, Any]) -> Package:
@@ -306,12 +324,13 @@ def _package(r: _Reader, name: str, table: Mapping[str, Any]) -> Package:
     knobs = Knobs(**{k.replace("-", "_"): r.get(knobs_raw, k, str, (*key, "knobs"), None) for k in _KNOBS})
     gpu_raw = r.get(table, "gpu-test", dict, key, {})
     gkey = (*key, "gpu-test")
-    r.keys(gpu_raw, {"checks", "upstream-tests", "upstream-select", "upstream-timeout"}, gkey)
+    r.keys(gpu_raw, {"checks", "upstream-tests", "upstream-select", "upstream-timeout", "upstream-support"}, gkey)
     gpu = GpuTest(
         checks=r.get(gpu_raw, "checks", str, gkey, None),
         upstream_tests=r.get(gpu_raw, "upstream-tests", str, gkey, None),
         upstream_select=r.get(gpu_raw, "upstream-select", str, gkey, None),
         upstream_timeout=r.get(gpu_raw, "upstream-timeout", int, gkey, 300),
+        upstream_support=r.strings(gpu_raw, "upstream-support", gkey, default=()),
     )
     versions_raw = r.get(table, "versions", dict, key)
     versions = {v: _package_version(r, name, v, t) for v, t in versions_raw.items()}
@@ -320,6 +339,19 @@ def _package(r: _Reader, name: str, table: Mapping[str, Any]) -> Package:
         raise r.error((*key, "source"), f"'packages.{name}.source' must be \"pypi\" or \"path:<dir>\", "
                       f"got {source!r}")
     import_name = r.get(table, "import-name", str, key, name.replace("-", "_"))
+    abi3 = r.get(table, "abi3", str, key, "")
+    if abi3 and not ABI3_TAG.match(abi3):
+        raise r.error((*key, "abi3"), f"packages.{name}.abi3 = {abi3!r}: give the limited API's Python tag, "
+                      "as setup.py's bdist_wheel py_limited_api says (\"cp39\")")
+    subdir = r.get(table, "subdir", str, key, "")
+    if subdir and (Path(subdir).is_absolute() or ".." in Path(subdir).parts):
+        raise r.error((*key, "subdir"), f"packages.{name}.subdir = {subdir!r}: give a folder inside the sdist")
+    disable_raw = r.get(table, "disable-knobs", dict, key, {})
+    for feature, var in disable_raw.items():
+        if not FEATURE.match(feature) or not isinstance(var, str) or not ENV_VAR.match(var):
+            raise r.error((*key, "disable-knobs", feature), f"packages.{name}.disable-knobs: {feature!r} = "
+                          f"{var!r}: map a lower-case feature name to the environment variable that compiles it "
+                          "out (backward = \"FLASH_ATTENTION_DISABLE_BACKWARD\")")
     return Package(
         name=name,
         naming=r.get(table, "naming", str, key, "flash-attn"),
@@ -333,6 +365,10 @@ def _package(r: _Reader, name: str, table: Mapping[str, Any]) -> Package:
         requires=r.strings(table, "requires", key, default=()),
         gpu_test=gpu,
         versions=versions,
+        sdist=r.get(table, "sdist", str, key, ""),
+        subdir=subdir,
+        abi3=abi3,
+        disable_knobs=dict(disable_raw),
     )
 
 
@@ -340,13 +376,14 @@ def _package_version(r: _Reader, package: str, version: str, table: Any) -> Pack
     key: KeyPath = ("packages", package, "versions", version)
     if not isinstance(table, dict):
         raise r.error(key, f"'packages.{package}.versions.\"{version}\"' must be a table with sha256 and archs")
-    r.keys(table, {"sha256", "archs", "cuda", "cxx-std"}, key)
+    r.keys(table, {"sha256", "archs", "cuda", "cxx-std", "sdist-version"}, key)
     sha = r.get(table, "sha256", str, key)
     if not SHA256.match(sha):
         raise r.error((*key, "sha256"), f"sha256 of {package} {version} must be 64 lowercase hex digits, "
                       f"got {sha!r}")
     return PackageVersion(version, sha, r.strings(table, "archs", key, pattern=ARCH),
-                          cuda=r.specifier(table, "cuda", key), cxx_std=r.get(table, "cxx-std", int, key, None))
+                          cuda=r.specifier(table, "cuda", key), cxx_std=r.get(table, "cxx-std", int, key, None),
+                          sdist_version=r.get(table, "sdist-version", str, key, ""))
 
 
 def _torch(r: _Reader, version: str, table: Any, known_platforms: Mapping[str, Platform]) -> TorchRelease:
@@ -410,13 +447,14 @@ def _variant(r: _Reader, name: str, table: Any) -> Variant:
                       "PEP 440 local version label)")
     if not isinstance(table, dict):
         raise r.error(key, f"[variants.{name}] must be a table")
-    r.keys(table, {"archs", "description", "patches"}, key)
+    r.keys(table, {"archs", "description", "patches", "disable"}, key)
     archs = r.strings(table, "archs", key, pattern=ARCH, default=None)
     patches = r.get(table, "patches", str, key, None)
     if patches is not None and (Path(patches).is_absolute() or ".." in Path(patches).parts):
         raise r.error((*key, "patches"), f"variants.{name}.patches = {patches!r}: give a folder inside the "
                       "repository, relative to build_matrix.toml")
-    return Variant(name, archs, r.get(table, "description", str, key, ""), patches)
+    disable = r.strings(table, "disable", key, pattern=FEATURE, default=())
+    return Variant(name, archs, r.get(table, "description", str, key, ""), patches, disable)
 
 
 _BLOCK_KEYS = {"name", "package", "version", "torch", "cuda", "python", "cxx11abi", "archs", "variant",

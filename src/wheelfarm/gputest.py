@@ -38,7 +38,7 @@ import time
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,7 @@ class WheelInfo:
     torch: str | None  # "2.11" from the local label; None for names without one
     cuda_major: str | None  # "13"
     cxx11abi: bool | None
+    variant: str = ""  # the local label's ".<variant>" ("bf16hd128"), "" for a standard wheel
 
     @property
     def name(self) -> str:
@@ -132,6 +133,8 @@ class Rules:
     upstream_file: str | None = None  # path of the package's test file inside its sdist
     upstream_select: str | None = None  # pytest -k expression
     upstream_timeout: int = 300
+    upstream_support: tuple[str, ...] = ()  # sdist files the test file imports, copied beside it
+    env: Mapping[str, str] = field(default_factory=dict)  # the variant's DISABLE switches, for checks and pytest
 
 
 BUILTIN_RULES = {
@@ -142,6 +145,15 @@ BUILTIN_RULES = {
         "flash_attn",
         ("einops",),
         "tests/test_flash_attn.py",
+    ),
+    "flash-attn-3": Rules(
+        "flash-attn-3",
+        (9, 0),
+        "FlashAttention-3 needs Hopper (sm90)",
+        "flash_attn_3",
+        ("einops",),
+        "hopper/test_flash_attn.py",
+        upstream_support=("hopper/test_util.py", "hopper/padding.py"),
     ),
 }
 
@@ -471,7 +483,7 @@ def describe_wheel(path: Path) -> WheelInfo:
     label = path.name.split("-")[1].split("+", 1)[1] if "+" in path.name.split("-")[1] else ""
     torch = re.search(r"torch(\d+)\.(\d+)", label)
     cuda = re.search(r"cu(\d+)", label)
-    abi = re.search(r"cxx11abi(true|false)", label, re.IGNORECASE)
+    abi = re.search(r"cxx11abi(true|false)(?:\.([a-z0-9]+))?", label, re.IGNORECASE)
     cuda_major = None
     if cuda:
         digits = cuda[1]
@@ -483,11 +495,13 @@ def describe_wheel(path: Path) -> WheelInfo:
         f"{torch[1]}.{torch[2]}" if torch else None,
         cuda_major,
         abi[1].lower() == "true" if abi else None,
+        (abi[2] or "").lower() if abi else "",
     )
 
 
-def rules_for(project: str, config: Path | None) -> Rules:
-    """Built-in rules for ``project``, overridden by its ``[packages.<name>]`` table in ``config``."""
+def rules_for(project: str, config: Path | None, variant: str = "") -> Rules:
+    """Built-in rules for ``project``, overridden by its ``[packages.<name>]`` table in ``config``; a ``variant``
+    that compiles features out sets their switches for the checks and upstream's tests (which read them)."""
     rules = BUILTIN_RULES.get(project, Rules(project))
     if config is None:
         return rules
@@ -508,6 +522,9 @@ def rules_for(project: str, config: Path | None) -> Rules:
         upstream_file=gpu_test.upstream_tests or rules.upstream_file,
         upstream_select=gpu_test.upstream_select or rules.upstream_select,
         upstream_timeout=gpu_test.upstream_timeout or rules.upstream_timeout,
+        upstream_support=gpu_test.upstream_support or rules.upstream_support,
+        env={package.disable_knobs[f]: "TRUE" for f in getattr(conf.variants.get(variant), "disable", ())
+             if f in package.disable_knobs},
     )
 
 
@@ -690,8 +707,9 @@ def _stderr_fd() -> int | None:
         return None
 
 
-def run_checks(env: TestEnv, checks: str, workdir: Path) -> dict[str, Any]:
-    """Run ``gpu_checks/<checks>_checks.py`` with the test env's Python; its JSON result."""
+def run_checks(env: TestEnv, checks: str, workdir: Path, extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run ``gpu_checks/<checks>_checks.py`` with the test env's Python; its JSON result. ``extra_env``: the
+    variant's DISABLE switches (the checks skip what was compiled out)."""
     script = gpu_checks.script(checks)
     out = workdir / f"{checks}-checks.json"
     out.unlink(missing_ok=True)
@@ -710,7 +728,7 @@ def run_checks(env: TestEnv, checks: str, workdir: Path) -> dict[str, Any]:
         done = subprocess.run(
             cmd,
             cwd=workdir,
-            env={**os.environ, **CLEAN_ENV},
+            env={**os.environ, **CLEAN_ENV, **(extra_env or {})},
             text=True,
             timeout=CHECKS_TIMEOUT_S,
             **streams,
@@ -872,7 +890,8 @@ def _signal_group(child: subprocess.Popen, sig: int) -> None:
         os.killpg(child.pid, sig)
 
 
-def run_upstream(env: TestEnv, test_file: Path, select: str | None, budget: int) -> dict[str, Any]:
+def run_upstream(env: TestEnv, test_file: Path, select: str | None, budget: int,
+                 extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """pytest on upstream's test file in its own directory (so nothing shadows the installed package)."""
     rundir = test_file.parent
     (rundir / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")  # no config from above leaks in
@@ -895,7 +914,7 @@ def run_upstream(env: TestEnv, test_file: Path, select: str | None, budget: int)
         f"--junitxml={junit.name}",
         *(["-k", select] if select else []),
     ]
-    child_env = {**CLEAN_ENV, "PYTEST_ADDOPTS": "", "WHEELFARM_PROGRESS": str(progress)}
+    child_env = {**CLEAN_ENV, "PYTEST_ADDOPTS": "", "WHEELFARM_PROGRESS": str(progress), **(extra_env or {})}
     code, timed_out, seconds = _run_with_budget(cmd, rundir, child_env, budget, rundir / "pytest.log")
     from_progress, selected = count_progress(progress)
     counts, source = from_progress, "progress"
@@ -917,6 +936,7 @@ def run_upstream(env: TestEnv, test_file: Path, select: str | None, budget: int)
         "counted_from": source,
         "failures": list(counts.failures),
         "log": str(rundir / "pytest.log"),
+        "env": dict(extra_env or {}),
     }
 
 
@@ -1028,7 +1048,7 @@ def run(opts: Options) -> Outcome:
         raise BadInput(f"{opts.wheel}: no such wheel file")
     default_config = Path("build_matrix.toml")
     config = opts.config or (default_config if default_config.is_file() else None)
-    rules = rules_for(wheel.project, config)
+    rules = rules_for(wheel.project, config, wheel.variant)
     decision = decide(
         gpu, load_audit_archs(opts.wheel), rules, require_gpu=opts.require_gpu, wheel=wheel.name
     )
@@ -1080,13 +1100,15 @@ def _test(opts: Options, wheel: WheelInfo, rules: Rules, gpu: Gpu) -> Outcome:
             plan, workdir, opts.python, wheel, extra, pip_source_args(opts.find_links, opts.index_url)
         )
     with log.step(f"GPU checks: {checks_name}"):
-        checks = run_checks(env, checks_name, workdir)
+        checks = run_checks(env, checks_name, workdir, rules.env)
     upstream = None
     if opts.upstream_tests is not None:
         test_file = extract_upstream(opts.upstream_tests, member, workdir / "upstream")  # type: ignore[arg-type]
+        for support in rules.upstream_support:
+            extract_upstream(opts.upstream_tests, support, workdir / "upstream")
         budget = opts.upstream_timeout or rules.upstream_timeout
         with log.step(f"upstream tests: {member} -k {select!r}"):
-            upstream = run_upstream(env, test_file, select, budget)
+            upstream = run_upstream(env, test_file, select, budget, rules.env)
     result = build_result(
         wheel=wheel,
         sha256=sha256,

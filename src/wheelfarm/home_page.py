@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .index import Entry
 
 MIRROR = "$MIRROR"
+LAST_PYTHON_MINOR = 14  # the newest CPython 3.x an abi3 wheel is offered for on the page
 GPUS = {  # the choices offered: compute capability → the cards people know it by
     (7, 5): "T4, RTX 20xx (sm75)", (8, 0): "A100, A30 (sm80)", (8, 6): "A10, A40, RTX 30xx (sm86)",
     (8, 9): "L4, L40S, RTX 40xx (sm89)", (9, 0): "H100, H200, GH200 (sm90)", (10, 0): "B200, GB200 (sm100)",
@@ -44,9 +45,17 @@ def _facts(e: Entry) -> dict[str, str] | None:
     runs = [f"sm{a}{b}" for a, b in GPUS if a * 10 + b >= floor
             and (code.runs_on((a, b)) if code else gpu_runs(w.variant, (a, b)))]
     py = w.python_tag.removeprefix("cp")
-    return {"package": w.package, "torch": w.torch, "cuda": w.cuda_tag, "python": f"{py[0]}.{py[1:]}",
+    python = f"{py[0]}.{py[1:]}"
+    if w.abi3:  # a cp39-abi3 wheel (FlashAttention-3) serves every CPython from 3.9 on
+        python = " ".join(f"{py[0]}.{minor}" for minor in range(int(py[1:]), LAST_PYTHON_MINOR + 1))
+    return {"package": w.package, "torch": w.torch, "cuda": w.cuda_tag, "python": python,
             "abi": str(w.cxx11abi).upper(), "gpu": " ".join(runs), "platform": w.platform,
             "variant": w.variant or "standard"}
+
+
+def _pythons(value: str) -> str:
+    first, *more = value.split()
+    return f"{first}+" if more else first
 
 
 def _select(axis: str, label: str, values: Sequence[tuple[str, str]]) -> str:
@@ -104,13 +113,14 @@ def render(entries: Sequence[Entry]) -> bytes:
         if facts is None:
             continue
         for axis in axes:
-            axes[axis].add(facts[axis])
+            axes[axis].update(facts[axis].split())
         floors[facts["package"]] = min_arch(facts["package"]) or 0
         a = answers.for_wheel(MIRROR, e.file)
         attrs = " ".join(f'data-{k}="{html.escape(v)}"' for k, v in facts.items())
         rows.append(
             f'<tr class="w" {attrs} data-file="{html.escape(e.file)}"><td>{html.escape(facts["package"])}</td>'
-            f"<td>{facts['torch']}</td><td>{facts['cuda']}</td><td>{facts['python']}</td><td>{facts['abi']}</td>"
+            f"<td>{facts['torch']}</td><td>{facts['cuda']}</td><td>{_pythons(facts['python'])}</td>"
+            f"<td>{facts['abi']}</td>"
             f"<td>{html.escape(facts['variant'])}</td><td>{html.escape(facts['platform'])}</td>"
             f"<td><code>{html.escape(a.pip)}</code><br><code>{html.escape(a.uv)}</code></td></tr>"
         )

@@ -116,7 +116,8 @@ def _peaks_file() -> Path:
 
 
 def peak_key(cell: Cell) -> str:
-    return f"{cell.package}=={cell.version}:sm{'_'.join(cell.archs)}" + (f":{cell.variant}" if cell.patches else "")
+    changes_code = cell.patches or cell.disable
+    return f"{cell.package}=={cell.version}:sm{'_'.join(cell.archs)}" + (f":{cell.variant}" if changes_code else "")
 
 
 def recorded_peak_mb(key: str, path: Path | None = None) -> int | None:

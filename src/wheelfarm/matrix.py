@@ -31,12 +31,15 @@ class Cell:
     variant: str = ""
     platform: str = "linux_x86_64"
     patches: str = ""  # the variant's patch folder (repo-relative), applied after the package version's patches
+    disable: tuple[str, ...] = ()  # the variant's features compiled out (the package's disable-knobs)
+    abi3: str = ""  # the package's limited-API tag ("cp39"): the wheel serves every Python, ``python`` builds it
 
     @property
     def cost_key(self) -> str:
         """What decides the compile work, for recorded durations and peaks: the package version and archs, and the
-        variant when its patches change the code."""
-        return f"{self.package}-{self.version}-sm{'_'.join(self.archs)}" + (f"-{self.variant}" if self.patches else "")
+        variant when its patches or disabled features change the code."""
+        changes_code = self.patches or self.disable
+        return f"{self.package}-{self.version}-sm{'_'.join(self.archs)}" + (f"-{self.variant}" if changes_code else "")
 
     @property
     def abi_flag(self) -> str:
@@ -57,7 +60,7 @@ class Cell:
     @property
     def wheel(self) -> str:
         return naming.wheel_name(self.package, self.version, self.torch, self.cuda, self.python, self.cxx11abi,
-                                 self.platform, self.variant)
+                                 self.platform, self.variant, self.abi3)
 
     @property
     def index(self) -> str:
@@ -77,6 +80,7 @@ class Cell:
     def to_json(self, config: Config | None = None) -> dict[str, Any]:
         data = asdict(self)
         data["archs"] = list(self.archs)
+        data["disable"] = list(self.disable)
         data.update(wheel=self.wheel, index=self.index, group=self.group, wheel_version=self.wheel_version)
         if config is not None:
             data["torch_cuda"] = torch_cuda_build(config.torch[self.torch], self.cuda, self.cxx11abi,
@@ -98,6 +102,11 @@ def _block_cells(config: Config, block: Block) -> Iterable[tuple[Cell, tuple[str
         raise config.error((*key, "variant"), f"matrix[{block.index}].variant: unknown variant {block.variant!r}",
                            hint=_close(block.variant, config.variants))
     variant = config.variants.get(block.variant)
+    unknown = [f for f in (variant.disable if variant else ()) if f not in package.disable_knobs]
+    if variant and unknown:
+        raise config.error((*key, "variant"), f"matrix[{block.index}]: variant {variant.name!r} disables "
+                           f"{', '.join(unknown)}, which {block.package} has no disable-knobs for",
+                           hint=f"{block.package} can compile out: {', '.join(package.disable_knobs) or 'nothing'}")
     for version, torch, cuda, python, abi, platform in itertools.product(
         block.versions, block.torch, block.cuda, block.python, block.cxx11abi, block.platform
     ):
@@ -107,7 +116,8 @@ def _block_cells(config: Config, block: Block) -> Iterable[tuple[Cell, tuple[str
                                hint=_close(version, package.versions))
         archs = block.archs or (variant.archs if variant and variant.archs else package.versions[version].archs)
         cell = Cell(block.package, version, _torch_minor(torch), cuda, python, abi, tuple(archs), block.variant,
-                    platform, (variant.patches or "") if variant else "")
+                    platform, (variant.patches or "") if variant else "", variant.disable if variant else (),
+                    package.abi3)
         if _excluded(cell, block):
             continue
         yield cell, key
@@ -143,8 +153,10 @@ def expand(config: Config) -> list[Cell]:
                                    hint="remove the value or add an exclude = [{...}] rule for it")
             if cell.wheel in seen:
                 first = config.locator.line(seen[cell.wheel])
+                abi3 = (f"; {cell.package} wheels are {cell.abi3}-abi3, one for every Python: give the block one "
+                        "build Python" if cell.abi3 else "")
                 raise config.error((*key, "name"), f"{block.name}: duplicate cell {cell.wheel} (already produced by "
-                                   f"the [[matrix]] entry at line {first})")
+                                   f"the [[matrix]] entry at line {first}){abi3}")
             seen[cell.wheel] = key
             cells.append(cell)
     return cells
@@ -223,4 +235,5 @@ def with_variant(config: Config, cell: Cell, name: str) -> Cell:
         raise BadInput(f"unknown variant {name!r}", hint=_close(name, config.variants)
                        or f"variants: {', '.join(config.variants) or 'none in build_matrix.toml'}")
     variant = config.variants[name]
-    return dataclasses.replace(cell, variant=name, archs=variant.archs or cell.archs, patches=variant.patches or "")
+    return dataclasses.replace(cell, variant=name, archs=variant.archs or cell.archs, patches=variant.patches or "",
+                               disable=variant.disable)

@@ -10,6 +10,11 @@ workflow's rename step at every tag; docs/naming-eras.md quotes the lines. Two r
 
 Pure naming: nothing here judges whether a combination can be built or installed (the matrix does that).
 Packages other than flash-attn follow the newest era's rule: the CUDA major only.
+
+A limited-API package (``abi3="cp39"``: FlashAttention-3, whose hopper/setup.py sets ``bdist_wheel
+py_limited_api="cp39"``) gets what bdist_wheel names it, one wheel per torch/CUDA for every Python:
+
+    flash_attn_3-{version}+cu{X}torch{T}cxx11abi{B}-cp39-abi3-{platform}.whl
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ _FLASH_ATTN = "flash-attn"
 _VARIANT = re.compile(r"[a-z0-9]+(?:\.[a-z0-9]+)*")
 _PLATFORM = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
 _CP_TAG = re.compile(r"cp(\d)(\d+)")
+ABI3 = "abi3"
 _CUDA_TAG = re.compile(r"cu(\d{2})(\d*)")
 _LABEL = re.compile(
     r"(?P<cuda>cu\d+)torch(?P<torch>\d+\.\d+)cxx11abi(?P<abi>true|false)(?:\.(?P<variant>.+))?", re.IGNORECASE
@@ -224,12 +230,21 @@ def wheel_name(
     cxx11abi: bool,
     platform: str = "linux_x86_64",
     variant: str = "",
+    abi3: str = "",
 ) -> str:
-    """The upstream file name, e.g. flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl."""
+    """The upstream file name, e.g. flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl.
+
+    ``abi3``: the limited API's Python tag ("cp39"); the name is then ``…-cp39-abi3-…`` whatever ``python``
+    built it, as bdist_wheel's ``py_limited_api`` names it.
+    """
     if not _PLATFORM.fullmatch(platform):
         raise NamingError(f"platform {platform!r} is not a wheel platform tag like linux_x86_64")
+    if abi3 and not _CP_TAG.fullmatch(abi3):
+        raise NamingError(f"abi3 {abi3!r}: give the limited API's Python tag, like cp39")
     dist = canonicalize_name(package).replace("-", "_")
     full = wheel_version(package, version, torch, cuda, cxx11abi, variant)
+    if abi3:
+        return f"{dist}-{full}-{abi3}-{ABI3}-{platform}.whl"
     py = python_tag(python)
     return f"{dist}-{full}-{py}-{_abi_tag(py)}-{platform}.whl"
 
@@ -244,8 +259,9 @@ class WheelName:
     cuda_tag: str  # "cu12"
     cxx11abi: bool
     variant: str  # "" for a standard wheel
-    python_tag: str  # "cp312"
+    python_tag: str  # "cp312"; for an abi3 wheel the oldest Python it serves, "cp39"
     platform: str  # "linux_x86_64"
+    abi3: bool = False  # a limited-API wheel: every CPython from python_tag on
 
     @property
     def toolkit(self) -> str:
@@ -265,8 +281,9 @@ def parse_wheel_name(filename: str) -> WheelName:
         shape = "<dist>-<version>+cu<X>torch<T>cxx11abi<B>-<py>-<abi>-<platform>.whl"
         raise NamingError(f"{filename!r} is not {shape}")
     py, abi, platform = parts[2:]
-    if not _CP_TAG.fullmatch(py) or abi != _abi_tag(py):
-        raise NamingError(f"{filename!r}: expected a CPython tag pair like cp312-cp312, got {py}-{abi}")
+    if not _CP_TAG.fullmatch(py) or abi not in (_abi_tag(py), ABI3):
+        raise NamingError(f"{filename!r}: expected a CPython tag pair like cp312-cp312 or cp39-abi3, "
+                          f"got {py}-{abi}")
     variant = (label["variant"] or "").lower()
     _check_variant(variant)
     return WheelName(
@@ -278,4 +295,5 @@ def parse_wheel_name(filename: str) -> WheelName:
         variant=variant,
         python_tag=py,
         platform=platform,
+        abi3=abi == ABI3,
     )

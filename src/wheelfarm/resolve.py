@@ -204,11 +204,22 @@ def gpu_runs(variant: str, gpu: tuple[int, int], variant_archs: Mapping[str, Seq
     return not archs or gpu[0] * 10 + gpu[1] in archs
 
 
+def _cp(tag: str) -> tuple[int, int]:
+    return int(tag[2]), int(tag[3:])
+
+
+def _python_fits(w: naming.WheelName, python: str) -> bool:
+    """A cpXY wheel serves CPython X.Y; a cpXY-abi3 one (FlashAttention-3's cp39-abi3) every CPython from X.Y on."""
+    have = naming.python_tag(python)
+    return _cp(have) >= _cp(w.python_tag) if w.abi3 else have == w.python_tag
+
+
 def _mismatches(env: Env, w: naming.WheelName, variant_archs: Mapping[str, Sequence[int]]) -> list[str]:
     assert env.torch is not None and env.cuda is not None
     out = []
-    if w.python_tag != naming.python_tag(env.python):
-        out.append(f"python {w.python_tag} ≠ {naming.python_tag(env.python)}")
+    if not _python_fits(w, env.python):
+        have = naming.python_tag(env.python)
+        out.append(f"python {have} < {w.python_tag} (abi3)" if w.abi3 else f"python {w.python_tag} ≠ {have}")
     if w.torch != naming.torch_tag(env.torch):
         out.append(f"torch {w.torch} ≠ {naming.torch_tag(env.torch)}")
     want = naming.setup_py_cuda_tag(w.package, w.version, env.cuda, env.torch)

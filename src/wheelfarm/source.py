@@ -91,7 +91,7 @@ def sdist_stem(package: str, version: str) -> str:
 
 
 def pick_sdist(files: Sequence[dict[str, Any]], package: str, version: str, sha256: str,
-               page_url: str) -> tuple[str, str]:
+               page_url: str, pin: str | None = None) -> tuple[str, str]:
     """(filename, absolute url) of the .tar.gz sdist of ``package`` ``version`` in a PEP 691 file list.
 
     Prefers the file whose listed sha256 equals the pin; otherwise the first match (its hash is checked
@@ -110,7 +110,7 @@ def pick_sdist(files: Sequence[dict[str, Any]], package: str, version: str, sha2
             continue
     if not matches:
         raise BadInput(f"{package} {version}: no .tar.gz sdist on {page_url}",
-                       hint=f"check the version in build_matrix.toml ({pin_key(package, version)})")
+                       hint=f"check the version in build_matrix.toml ({pin or pin_key(package, version)})")
     best = next((e for e in matches if e.get("hashes", {}).get("sha256") == sha256), matches[0])
     return str(best["filename"]), urllib.parse.urljoin(page_url, str(best["url"]))
 
@@ -221,12 +221,13 @@ def sdist_sha256_of_path(directory: Path, package: str, version: str) -> str:
 
 
 
-def _mismatch(package: str, version: str, filename: str, expected: str, actual: str, origin: str) -> BadInput:
+def _mismatch(package: str, version: str, filename: str, expected: str, actual: str, origin: str,
+              pin: str | None = None) -> BadInput:
     hint = ("if the directory changed on purpose, pin the new sha256 (source.sdist_sha256_of_path)"
             if origin.startswith("path") else
             "the pin or the download is wrong: compare with the hashes PyPI lists for this file")
     return BadInput(f"sha256 mismatch for {filename} ({package} {version}, from {origin}): "
-                    f"build_matrix.toml {pin_key(package, version)} = {expected}, the file has {actual}; "
+                    f"build_matrix.toml {pin or pin_key(package, version)} = {expected}, the file has {actual}; "
                     "the file was deleted", hint=hint)
 
 
@@ -275,13 +276,13 @@ def _download(url: str, dest_dir: Path) -> Path:
 
 
 def fetch_sdist(package: str, version: str, sha256: str, cache_dir: Path, *, source: str = "pypi",
-                root: Path | None = None, index_url: str = PYPI_SIMPLE) -> Path:
+                root: Path | None = None, index_url: str = PYPI_SIMPLE, pin: str | None = None) -> Path:
     """The verified sdist of ``package`` ``version`` in ``cache_dir`` (downloaded or packed if needed).
 
     ``source``: ``pypi`` (PEP 691 JSON index at ``index_url``) or ``path:<dir>`` (``dir`` relative to
     ``root``, default the working directory), packed deterministically. A cached file is re-hashed on every
     call; one with the wrong hash is deleted. A mismatch with the pin raises BadInput (exit 2) naming both
-    hashes and the toml key, and leaves no file behind.
+    hashes and the toml key (``pin``; default: the package's own, ``pin_key``), and leaves no file behind.
     """
     src = Source.parse(source, root=root)
     sha256 = sha256.lower()
@@ -292,7 +293,7 @@ def fetch_sdist(package: str, version: str, sha256: str, cache_dir: Path, *, sou
         data = sdist_bytes_of_path(src.path, package, version)
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
-            raise _mismatch(package, version, dest.name, sha256, actual, f"path:{src.path}")
+            raise _mismatch(package, version, dest.name, sha256, actual, f"path:{src.path}", pin)
         if not dest.is_file() or file_sha256(dest) != sha256:
             _atomic_write(dest, data)
         return dest
@@ -304,13 +305,13 @@ def fetch_sdist(package: str, version: str, sha256: str, cache_dir: Path, *, sou
         log.warn(f"cached {dest} has sha256 {actual}, not the pinned {sha256}: deleting it, fetching again")
         dest.unlink()
     files, page = _index_files(package, index_url)
-    filename, url = pick_sdist(files, package, version, sha256, page)
+    filename, url = pick_sdist(files, package, version, sha256, page, pin)
     with log.step(f"download {filename}"):
         tmp = _download(url, cache_dir)
     actual = file_sha256(tmp)
     if actual != sha256:
         tmp.unlink()
-        raise _mismatch(package, version, filename, sha256, actual, url)
+        raise _mismatch(package, version, filename, sha256, actual, url, pin)
     os.replace(tmp, dest)
     return dest
 
@@ -419,14 +420,14 @@ def _read_marker(path: Path) -> dict[str, Any] | None:
 
 
 def prepare_source(package: str, version: str, sha256: str, source: str, patch_dirs: Sequence[Path], cache_dir: Path,
-                   work_dir: Path, *, root: Path | None = None) -> Path:
+                   work_dir: Path, *, root: Path | None = None, pin: str | None = None) -> Path:
     """The patched source tree of ``package`` ``version`` under ``work_dir/source/``; returns its root.
 
     Idempotent: ``work_dir/source.json`` records the sdist's sha256 and each patch's sha256. Unchanged, the
     existing tree (with any partial build in it) is reused; changed, a fresh tree is unpacked and patched
     in a temporary folder and then swapped in, so no half-prepared tree is ever left under that name.
     """
-    sdist = fetch_sdist(package, version, sha256, cache_dir, source=source, root=root)
+    sdist = fetch_sdist(package, version, sha256, cache_dir, source=source, root=root, pin=pin)
     patches = list_patches(patch_dirs)
     tree, marker = work_dir / TREE, work_dir / MARKER
     want = marker_for(sha256.lower(), patches, sdist_stem(package, version))
