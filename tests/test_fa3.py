@@ -109,9 +109,10 @@ def test_abi3_name_and_parse_round_trip() -> None:
 
 def test_one_wheel_per_torch_cuda_abi_not_per_python(config) -> None:
     cells = [c for c in expand(config) if c.package == FA3]
-    keys = {(c.torch, c.cuda, c.cxx11abi, c.variant) for c in cells}
+    keys = {(c.torch, c.cuda, c.cxx11abi, c.variant, c.platform) for c in cells}
     assert len(keys) == len(cells) == len({c.wheel for c in cells})
-    assert all(c.wheel.endswith("-cp39-abi3-linux_x86_64.whl") and c.archs == ("80", "90a") for c in cells)
+    assert all(c.wheel.endswith(f"-cp39-abi3-{c.platform}.whl") and c.archs == ("80", "90a") for c in cells)
+    assert {c.platform for c in cells} == {"linux_x86_64", "linux_aarch64"}  # x86 Hopper and Grace Hopper
     assert {c.torch for c in cells if not c.variant} >= {"2.9", "2.11", "2.14"}
 
 
