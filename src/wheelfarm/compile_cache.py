@@ -16,20 +16,23 @@ objects is turned off with TORCH_EXTENSION_SKIP_NVCC_GEN_DEPENDENCIES=1 (the sou
 changes, so a header change never hides behind a stale object).
 
 One sccache server per build, on a unix socket of its own (other builds, other users' servers are never touched),
-started with the cache's configuration and stopped after reading its statistics for the build report.
+run as wheelfarm's child with the cache's configuration and stopped after reading its statistics for the report.
 Credentials for S3 come from the standard AWS chain that sccache reads itself (env, profile, web identity/OIDC,
 instance metadata); wheelfarm never reads or prints them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +47,8 @@ NO_NVCC_DEPFILE = {"TORCH_EXTENSION_SKIP_NVCC_GEN_DEPENDENCIES": "1"}  # pytorch
 KERNEL = "CUDA"  # sccache's language for nvcc's host step: one per .cu object
 HOST = "C/C++"  # the host compiler's own objects (binding.cpp)
 DEVICE = ("PTX", "CUBIN")  # cicc and ptxas, one per arch
+SERVER_IN_FOREGROUND = {"SCCACHE_START_SERVER": "1", "SCCACHE_NO_DAEMON": "1"}  # sccache's own server entry point
+IDLE_TIMEOUT_S = "3600"  # only an orphan (wheelfarm killed with -9) ever waits for it
 
 
 @dataclass(frozen=True)
@@ -221,23 +226,53 @@ class Server:
         return self.stats
 
 
+def _wait_ready(proc: subprocess.Popen[bytes], sock: Path, log_file: Path | None, timeout_s: float = 60) -> None:
+    """Until the server accepts connections on its socket; a server that exits first is a failed build step."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            text = log_file.read_text(errors="replace")[-1500:] if log_file and log_file.exists() else ""
+            raise BuildFailed(f"the sccache server exited at startup (exit {proc.returncode}): {text.strip()}",
+                              hint="for an S3 cache: the bucket, its region/endpoint (AWS_REGION, AWS_ENDPOINT_URL) "
+                                   "and the AWS credentials (standard chain); SCCACHE_LOG=debug says more")
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(sock))
+            return
+        time.sleep(0.05)
+    raise BuildFailed(f"the sccache server did not answer on {sock} within {timeout_s:.0f} s")
+
+
 @contextmanager
 def server(target: CacheTarget, *, binary: Path | None = None, log_file: Path | None = None) -> Iterator[Server]:
-    """Start a private sccache server for ``target``; on exit read its statistics and stop it."""
+    """A private sccache server for ``target``, run as this process's child (not sccache's own daemon, which would
+    leave the session: a stopped build must take its compilers down, and they run under the server); on exit its
+    statistics are read and it is stopped."""
+    from .build import stop_tree  # build imports this module
+
     binary = binary or sccache_binary()
     sock_dir = Path(tempfile.mkdtemp(prefix="wf-sccache-"))  # a unix socket path must stay short (108 bytes)
+    sock = sock_dir / "server.sock"
     if target.local is not None:
         target.local.mkdir(parents=True, exist_ok=True)
-    env = {**target.env(), "SCCACHE_SERVER_UDS": str(sock_dir / "server.sock"), "SCCACHE_IDLE_TIMEOUT": "0",
+    env = {**target.env(), "SCCACHE_SERVER_UDS": str(sock), "SCCACHE_IDLE_TIMEOUT": IDLE_TIMEOUT_S,
            **NO_NVCC_DEPFILE}
-    if log_file is not None:
-        env["SCCACHE_ERROR_LOG"] = str(log_file)
     srv = Server(binary, env)
-    srv.run("--start-server")
-    log.info(f"compile cache: sccache {target.describe()}")
-    try:
-        yield srv
-        srv.read_stats()
-    finally:
-        srv.run("--stop-server", check=False)
-        shutil.rmtree(sock_dir, ignore_errors=True)
+    with open(log_file or os.devnull, "ab") as out:
+        proc = subprocess.Popen([str(binary)], env={**os.environ, **env, **SERVER_IN_FOREGROUND}, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            _wait_ready(proc, sock, log_file)
+            log.info(f"compile cache: sccache {target.describe()}")
+            yield srv
+            srv.read_stats()
+        except BaseException:  # a failed step, Ctrl-C, SIGTERM: the server and the compilers it runs go now
+            stop_tree(proc)  # type: ignore[arg-type]
+            raise
+        finally:
+            if proc.poll() is None:
+                srv.run("--stop-server", check=False)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    stop_tree(proc)  # type: ignore[arg-type]
+            shutil.rmtree(sock_dir, ignore_errors=True)

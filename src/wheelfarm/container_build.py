@@ -284,8 +284,10 @@ def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts, tools: Runn
                          pip_cache=pip_cache_dir(), shims=group / "bin" if durations.exists() else None,
                          durations=durations if durations.exists() else None,
                          aws_credentials=aws_credentials_file(group / "private") if cache.shared else None,
-                         cxx_wrapper=group / "cxx")
-    for folder in (dirs.compile_cache, dirs.cuda, dirs.torch, dirs.logs, dirs.pip_cache, dirs.shims, dirs.cxx_wrapper):
+                         cxx_wrapper=group / "cxx", run=group / "run")
+    shutil.rmtree(group / "run", ignore_errors=True)  # a killed run's socket and link
+    for folder in (dirs.compile_cache, dirs.cuda, dirs.torch, dirs.logs, dirs.pip_cache, dirs.shims, dirs.cxx_wrapper,
+                   dirs.run):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     assert dirs.cxx_wrapper is not None
