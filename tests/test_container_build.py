@@ -164,8 +164,10 @@ def test_podman_create_args_carry_quirks_memory_cap_and_mounts():
 def test_environment_has_knobs_plan_cuda_compiler_and_one_compile_cache_for_all_pythons():
     env = _plan().table()["environment"]
     assert env["CUDA_HOME"] == "/wf/cuda/13.0/nvidia/cu13"
-    assert env["PATH"] == "$CUDA_HOME/bin:$PATH"  # after cibuildwheel's Python: `which python` stays its own
-    assert (env["CC"], env["WHEELFARM_REAL_CXX"], env["CXX"]) == ("clang-16", "clang++-16", "/wf/cxx/clang++-16")
+    assert env["PATH"] == "/wf/cxx:$CUDA_HOME/bin:$PATH"  # after cibuildwheel's Python: `which python` stays its own
+    assert (env["CC"], env["CXX"], env["WHEELFARM_REAL_CXX"]) == ("clang-16", "clang++-16", "clang++-16")
+    assert cibw.cxx_wrapper_script() == ('#!/bin/sh\nPATH="${PATH#/wf/cxx:}"\n'  # the wrapper never finds itself
+                                         'exec /wf/sccache "$(command -v "$WHEELFARM_REAL_CXX")" "$@"\n')
     assert (env["MAX_JOBS"], env["NVCC_THREADS"]) == ("2", "1")
     assert env["FIXTURE_ATTN_CUDA_ARCHS"] == "80;90" and env["FIXTURE_ATTN_FORCE_BUILD"] == "TRUE"
     assert env["FIXTURE_ATTN_LOCAL_VERSION"] == "cu13torch2.14cxx11abiTRUE"
@@ -184,7 +186,7 @@ def test_environment_has_knobs_plan_cuda_compiler_and_one_compile_cache_for_all_
 
 def test_lpt_ninja_shim_goes_first_on_path_only_with_recorded_durations():
     env = _plan(durations=True).table()["environment"]
-    assert env["PATH"].startswith("/wf/bin:") and env["WHEELFARM_REAL_NINJA"] == "$(which ninja)"
+    assert env["PATH"].startswith("/wf/cxx:/wf/bin:") and env["WHEELFARM_REAL_NINJA"] == "$(which ninja)"
     assert "/wf/lib/ninja_order.py" in cibw.ninja_shim()
     assert "WHEELFARM_REAL_NINJA" not in _plan().table()["environment"]
 

@@ -138,10 +138,12 @@ def compile_cache_env(cell: Cell, tc: Toolchain, paths: BuildPaths, srv: Server)
     env = {**srv.env, "PYTORCH_NVCC": str(nvcc), "WHEELFARM_SCCACHE": str(srv.binary),
            "WHEELFARM_REAL_NVCC": str(tc.cuda_home / "bin" / "nvcc"),
            "WHEELFARM_TORCH_LINK": str(paths.group_dir(cell) / "torch-site")}
-    real_cxx = shutil.which(tc.compiler or "c++", path=tc.env()["PATH"])
-    if real_cxx:
+    path = tc.env()["PATH"]
+    real_cxx = shutil.which(tc.compiler or "c++", path=path)
+    if real_cxx:  # CXX keeps the compiler's name (torch picks gcc's or clang's version bounds by it); PATH finds ours
         name = Path(tc.compiler or "c++").name
-        env["CXX"] = str(_script(bin_dir / name, f'#!/bin/sh\nexec "{srv.binary}" "{real_cxx}" "$@"\n'))
+        _script(bin_dir / name, f'#!/bin/sh\nexec "{srv.binary}" "{real_cxx}" "$@"\n')
+        env |= {"CXX": name, "PATH": f"{bin_dir}{os.pathsep}{path}"}
     return env
 
 
@@ -331,8 +333,9 @@ def _build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, ca
         while True:
             attempts += 1
             base = tc.env()
+            path = cache_env.get("PATH", base["PATH"])  # the compiler wrapper's folder first, then the ninja shim's
             env = {**base, **plan.env(), **knob_env(config, cell), **cache_env,
-                   **(lpt_env(cell, paths, tc.python, base["PATH"]) if lpt else {}), **(extra_env or {})}
+                   **(lpt_env(cell, paths, tc.python, path) if lpt else {}), **(extra_env or {})}
             cmd = [str(tc.python), "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v",
                    "--disable-pip-version-check", "-w", str(outdir), str(tree)]
             with logfile.open("a") as f:

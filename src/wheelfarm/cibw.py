@@ -278,7 +278,8 @@ def environment(plan: GroupPlan) -> dict[str, str]:
     lpt = plan.dirs.shims is not None and plan.dirs.durations is not None
     if lpt:
         env |= {"WHEELFARM_REAL_NINJA": "$(which ninja)", "WHEELFARM_DURATIONS": str(DURATIONS)}
-    env["PATH"] = (f"{SHIMS}:" if lpt else "") + "$CUDA_HOME/bin:$PATH"
+    cxx = plan.dirs.cxx_wrapper is not None  # first on PATH: torch checks CXX's bounds by its name (clang… or g++)
+    env["PATH"] = (f"{CXX_WRAPPER}:" if cxx else "") + (f"{SHIMS}:" if lpt else "") + "$CUDA_HOME/bin:$PATH"
     env |= dict(plan.compiler) | plan.jobs.env() | dict(plan.knobs)
     env |= {"PYTORCH_NVCC": f"{plan.image.utility_python} {LIB / 'nvcc_shim.py'}",
             "WHEELFARM_REAL_NVCC": "$CUDA_HOME/bin/nvcc", "WHEELFARM_SCCACHE": str(SCCACHE),
@@ -287,8 +288,8 @@ def environment(plan: GroupPlan) -> dict[str, str]:
             "SCCACHE_SERVER_UDS": str(RUN / "sccache.sock"),
             **dict(plan.cache_env)}
     env |= {"AWS_SHARED_CREDENTIALS_FILE": str(AWS_CREDENTIALS)} if plan.dirs.aws_credentials else {}
-    if plan.dirs.cxx_wrapper is not None:  # torch checks CXX by name: the wrapper is called like the compiler
-        env |= {"WHEELFARM_REAL_CXX": plan.compiler["CXX"], "CXX": str(CXX_WRAPPER / plan.compiler["CXX"])}
+    if cxx:  # CXX stays the compiler's name; the wrapper of that name, first on PATH, runs it through sccache
+        env |= {"WHEELFARM_REAL_CXX": plan.compiler["CXX"]}
     env |= {"PIP_CACHE_DIR": str(PIP_CACHE)} if plan.dirs.pip_cache else {}
     env |= {"PIP_FIND_LINKS": " ".join(plan.pip.find_links)} if plan.pip.find_links else {}
     env |= {"PIP_EXTRA_INDEX_URL": " ".join(plan.pip.extra_index_urls)} if plan.pip.extra_index_urls else {}
@@ -412,8 +413,10 @@ def to_toml(table: Mapping[str, object], section: str = "tool.cibuildwheel") -> 
 
 
 def cxx_wrapper_script() -> str:
-    """``$CXX`` in the container: the image's compiler (``WHEELFARM_REAL_CXX``, looked up on PATH) through sccache."""
-    return f'#!/bin/sh\nexec {SCCACHE} "$(command -v "$WHEELFARM_REAL_CXX")" "$@"\n'
+    """``$CXX`` in the container, named like it: the image's compiler (``WHEELFARM_REAL_CXX``, looked up on PATH
+    without this wrapper's folder) through sccache."""
+    return (f'#!/bin/sh\nPATH="${{PATH#{CXX_WRAPPER}:}}"\n'
+            f'exec {SCCACHE} "$(command -v "$WHEELFARM_REAL_CXX")" "$@"\n')
 
 
 def ninja_shim(python: str = UTILITY_PYTHON) -> str:
