@@ -384,7 +384,8 @@ def test_group_builds_both_pythons_with_upstream_names_and_passes_the_audit(cont
 @pytest.mark.container
 @pytest.mark.slow
 def test_second_python_reuses_the_first_pythons_objects(container_group):
-    """cp312 compiles nothing but binding.cpp (the one Python.h object): every .cu object is a cache hit."""
+    """cp312 compiles nothing but binding.cpp (the one Python.h object): every .cu object is a cache hit (sccache's
+    statistics, each Python's own, from the container's hooks)."""
     first, second = container_group
     one, two = first["cost"], second["cost"]
     one, two = one["compile_cache"], two["compile_cache"]  # sccache's statistics of each Python's build
@@ -393,7 +394,8 @@ def test_second_python_reuses_the_first_pythons_objects(container_group):
     assert one["host_misses"] == two["host_misses"] == 1  # binding.cpp (Python.h), through the sccache CXX wrapper
     seconds = {r["cell"]["python"]: _object_seconds(r) for r in container_group}
     assert len(seconds["3.12"]) == len(seconds["3.11"]) == 6
-    assert {name for name, s in seconds["3.12"].items() if s >= 2} == {"binding.o"}
+    # a hit still costs nvcc's preprocessing (sccache's key), ~2 s here, against 12-30 s to compile
+    assert {name for name, s in seconds["3.12"].items() if s >= 0.5 * seconds["3.11"][name]} == {"binding.o"}
     binding = seconds["3.11"]["binding.o"]
     print(f"\nextra Python (cp312 after cp311): wall {two['build_s']:.0f}s of {one['build_s']:.0f}s = "
           f"{two['build_s'] / one['build_s']:.0%}; compile work {two['compile_job_s']:.0f} of "
