@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import functools
 import json
+import logging
 import os
 import platform
 import resource
@@ -393,6 +394,7 @@ def s3_stand_in() -> Iterator[CacheTarget | None]:
                  "is not measured, the builds use a local cache")
         yield None
         return
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not one line per S3 request of sccache
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     _, port = server.get_host_and_port()
