@@ -7,7 +7,9 @@ preprocessed text (``__FILE__`` in torch's headers, line markers in nvcc's host 
 ``SCCACHE_BASEDIRS`` does not reach that step). So every ``…/site-packages/torch…`` argument is rewritten to
 ``$WHEELFARM_TORCH_LINK/torch…``, a symlink to this Python's site-packages: the same path for every Python, the
 headers still this Python's own. Nothing is trusted to be equal: sccache hashes the headers' text, so a torch whose
-headers differ misses. Standard library only: it runs under whatever interpreter the build uses.
+headers differ misses (and should two Pythons of a group ever build at once on one machine — wheelfarm builds them
+one after the other — a flipped link could only cost a miss or give the same torch version's headers). Standard
+library only: it runs under whatever interpreter the build uses.
 
 Environment: WHEELFARM_SCCACHE (the sccache binary), WHEELFARM_REAL_NVCC (the nvcc to run), WHEELFARM_TORCH_LINK
 (the stable path; unset: arguments are passed unchanged).
