@@ -13,7 +13,7 @@ import pytest
 from farmtest import FixtureBuild, run_wheelfarm
 from wheelfarm import bench, jobs
 from wheelfarm.build import BuildPaths, BuildResult
-from wheelfarm.compile_cache import CacheStats
+from wheelfarm.compile_cache import CacheStats, CacheTarget
 from wheelfarm.config import load
 from wheelfarm.errors import BadInput
 from wheelfarm.matrix import expand, select
@@ -279,6 +279,24 @@ def test_a_second_runner_is_judged_by_the_kernel_objects_it_compiled(tmp_path: P
     assert not any(f.metric == "extra-python" and f.source == "measured" for f in
                    bench.measured_figures("box", first, runners, None))  # a second runner is not another Python
     assert bench.GOALS["second-runner"].show(0) == "0 objects"
+
+
+def test_each_round_starts_from_an_empty_shared_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Round 2's cold build must not read round 1's objects: a shared cache gets a fresh prefix per round."""
+    seen: list[Any] = []
+
+    def fake_round(config, group, tcs, opts, upstream_first):
+        seen.append(opts.cache)
+        first = bench.Measured("wheelfarm", _result(tmp_path, 60.0), None)
+        return first, None, []
+
+    monkeypatch.setattr(bench, "run_round", fake_round)
+    monkeypatch.setattr(bench.toolchain, "prepare", lambda *a, **kw: None)
+    config, cell = _cell()
+    opts = bench.Options(work_dir=tmp_path, cache=CacheTarget(bucket="b", prefix="sccache"))
+    bench.run(config, [cell], ["package=fixture-attn"], opts, rounds=2)
+    assert [c.bucket for c in seen] == ["b", "b"] and len({c.prefix for c in seen}) == 2
+    assert all(c.prefix.startswith("sccache/bench-") for c in seen)
 
 
 def test_the_upstream_time_leaves_out_wheelfarms_relabel(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ analysed the same way, so one table names every machine a figure comes from.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -634,8 +636,12 @@ def run(config: Config, cells: Sequence[Cell], selectors: Sequence[str], opts: O
     tcs = {c: toolchain.prepare(config, c, python=opts.python, cuda_home=opts.cuda_home)
            for c in group}  # before any clock starts: both methods need the same toolchain
     per_round, builds = [], []
+    run_id = uuid.uuid4().hex[:8]
     for index in range(rounds):
-        first, upstream, extras = run_round(config, group, tcs, opts, upstream_first=index % 2 == 1)
+        # every round's cold build starts from an empty cache: a shared one gets a fresh prefix per round
+        shared = opts.cache.scoped(f"bench-{run_id}-round{index + 1}") if opts.cache and opts.cache.shared else None
+        round_opts = dataclasses.replace(opts, cache=shared or opts.cache)
+        first, upstream, extras = run_round(config, group, tcs, round_opts, upstream_first=index % 2 == 1)
         per_round.append(measured_figures(machine, first, extras, upstream))
         builds += [first, *([upstream] if upstream else []), *extras]
     return Report(machine, list(selectors), combine(per_round), builds, group[0].group)
