@@ -13,6 +13,7 @@ import pytest
 from farmtest import FixtureBuild, run_wheelfarm
 from wheelfarm import bench, jobs
 from wheelfarm.build import BuildPaths, BuildResult
+from wheelfarm.compile_cache import CacheStats, CacheTarget
 from wheelfarm.config import load
 from wheelfarm.errors import BadInput
 from wheelfarm.matrix import expand, select
@@ -129,16 +130,17 @@ def _result(tmp_path: Path, seconds: float, *, python: str = "3.11", peak: int =
     plan = jobs.plan(cores=2, memory=jobs.Memory(20_000, "test"), per_job_mb=1200, per_job_source="test",
                      archs=2, nvcc_threads=1)
     return BuildResult(cell, True, tmp_path / f"{python}.log", seconds, plan, peaks=Peaks(total_mb=peak),
-                       cache_hits=hits)
+                       cache=CacheStats(hits={"CUDA": hits}))
 
 
 def test_measured_figures(tmp_path: Path) -> None:
-    (tmp_path / "3.11.cache-stats").write_text("miss /s/a.cu\nmiss /s/b.cu\n")  # binding.cpp: the host compiler
+    (tmp_path / "build.ninja").write_text("build /b/binding.o: compile /s/binding.cpp\n"  # the host compiler
+                                          "build /b/a.o: cuda_compile /s/a.cu\nbuild /b/b.o: cuda_compile /s/b.cu\n")
     logs = {role: bench.parse_ninja_log(text) for role, text in {
         "wf": ninja_log((0, 40_000, "binding.o"), (0, 20_000, "a.o"), (20_000, 40_000, "b.o")),
         "up": ninja_log((0, 40_000, "binding.o"), (0, 20_000, "a.o"), (20_000, 45_000, "b.o")),
     }.items()}
-    first = bench.Measured("wheelfarm", _result(tmp_path, 60.0), logs["wf"])
+    first = bench.Measured("wheelfarm", _result(tmp_path, 60.0), logs["wf"], ninja_log=tmp_path / ".ninja_log")
     upstream = bench.Measured("upstream", _result(tmp_path, 75.0), logs["up"])
     extra = bench.Measured("wheelfarm+python", _result(tmp_path, 30.0, python="3.12", hits=2), None)
     figures = bench.measured_figures("box", first, [extra], upstream)
@@ -220,9 +222,9 @@ def test_figures_from_the_real_fixture_build(fixture_build: FixtureBuild) -> Non
     assert first_log is not None
     stats = bench.read_ninja_log(first_log)
     assert stats.objects == 6 and stats.efficiency(jobs.usable_cores()) >= 1.0
-    assert bench.python_dependent_objects(Path(fixture_build.result("3.11")["log"]), stats) == ["binding.o"]
+    assert bench.python_dependent_objects(first_log, stats) == ["binding.o"]
     second = fixture_build.result("3.12")
-    assert second["compile_cache"]["hits"] == 5
+    assert second["compile_cache"]["kernel_hits"] == 5
     assert second["seconds"] < fixture_build.result("3.11")["seconds"]
 
 
@@ -262,6 +264,39 @@ def test_an_extra_python_on_the_same_interpreter_says_so(tmp_path: Path) -> None
     again = bench.Measured(bench.SAME_PYTHON, _result(tmp_path, 8.0, hits=72), None)
     figure = next(f for f in bench.measured_figures("gpu box", first, [again], None) if f.metric == "extra-python")
     assert figure.value == pytest.approx(0.08) and "the same interpreter again" in figure.how
+
+
+def test_a_second_runner_is_judged_by_the_kernel_objects_it_compiled(tmp_path: Path) -> None:
+    first = bench.Measured("wheelfarm", _result(tmp_path, 100.0), None)
+    served = _result(tmp_path, 30.0, hits=5)
+    served.cache = CacheStats(location="S3, bucket: b", hits={"CUDA": 5, "PTX": 10}, misses={"C/C++": 1})
+    partial = _result(tmp_path, 60.0)
+    partial.cache = CacheStats(hits={"CUDA": 3}, misses={"CUDA": 2, "C/C++": 1})
+    runners = [bench.Measured(bench.SECOND_RUNNER, r, None) for r in (served, partial)]
+    figures = [f for f in bench.measured_figures("box", first, runners, None) if f.metric == "second-runner"]
+    assert [(f.value, f.met) for f in figures] == [(0, True), (2, False)]
+    assert "5 .cu objects from the cache, 0 compiled" in figures[0].how and "0.300×" in figures[0].how
+    assert not any(f.metric == "extra-python" and f.source == "measured" for f in
+                   bench.measured_figures("box", first, runners, None))  # a second runner is not another Python
+    assert bench.GOALS["second-runner"].show(0) == "0 objects"
+
+
+def test_each_round_starts_from_an_empty_shared_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Round 2's cold build must not read round 1's objects: a shared cache gets a fresh prefix per round."""
+    seen: list[Any] = []
+
+    def fake_round(config, group, tcs, opts, upstream_first):
+        seen.append(opts.cache)
+        first = bench.Measured("wheelfarm", _result(tmp_path, 60.0), None)
+        return first, None, []
+
+    monkeypatch.setattr(bench, "run_round", fake_round)
+    monkeypatch.setattr(bench.toolchain, "prepare", lambda *a, **kw: None)
+    config, cell = _cell()
+    opts = bench.Options(work_dir=tmp_path, cache=CacheTarget(bucket="b", prefix="sccache"))
+    bench.run(config, [cell], ["package=fixture-attn"], opts, rounds=2)
+    assert [c.bucket for c in seen] == ["b", "b"] and len({c.prefix for c in seen}) == 2
+    assert all(c.prefix.startswith("sccache/bench-") for c in seen)
 
 
 def test_the_upstream_time_leaves_out_wheelfarms_relabel(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The two build shims, unit-tested on real files: the nvcc compile cache's key and Python check, and the
-ninja shim's longest-first reordering of a torch-style build.ninja."""
+"""The ninja shim, unit-tested on real files: its longest-first reordering of a torch-style build.ninja and the
+searched order on recorded logs (the nvcc shim is tested with the compile cache, tests/test_compile_cache.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wheelfarm import ninja_order, nvcc_cache
+from wheelfarm import ninja_order
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,62 +67,6 @@ def test_shim_reorders_then_runs_real_ninja(tmp_path: Path) -> None:
                          capture_output=True, check=True).stdout
     assert out.strip() == "ran -v"
     assert built_order((tmp_path / "build.ninja").read_text()) == ["long.o", "flash_api.o", "new.o", "short.o"]
-
-
-def test_cache_key_ignores_per_python_paths_only(tmp_path: Path) -> None:
-    src = tmp_path / "k.cu"
-    src.write_text("__global__ void k() {}\n")
-    for py in ("3.11", "3.12"):
-        (tmp_path / f"venv{py}" / "include" / f"python{py}").mkdir(parents=True)
-
-    def cmd(py: str, out: str) -> list[str]:
-        return ["--generate-dependencies-with-compile", "--dependency-output", f"{out}.d",
-                f"-I/venvs/{py}/lib/python{py}/site-packages/torch/include", f"-I/usr/include/python{py}",
-                f"-I{tmp_path}/venv{py}/include",  # a venv's include/: per Python, empty
-                "-O3", "-gencode", "arch=compute_90,code=sm_90", "-c", str(src), "-o", out]
-
-    k311 = nvcc_cache.cache_key(cmd("3.11", "/b/temp-311/k.o"), src, "13.0", "salt")
-    k312 = nvcc_cache.cache_key(cmd("3.12", "/b/temp-312/k.o"), src, "13.0", "salt")
-    assert k311 == k312
-    assert nvcc_cache.cache_key(cmd("3.11", "/x.o"), src, "13.0", "other torch") != k311
-    other_arch = [a.replace("sm_90", "sm_80") for a in cmd("3.11", "/x.o")]
-    assert nvcc_cache.cache_key(other_arch, src, "13.0", "salt") != k311
-    src.write_text("__global__ void k2() {}\n")
-    assert nvcc_cache.cache_key(cmd("3.11", "/x.o"), src, "13.0", "salt") != k311
-
-
-def test_python_dependent_objects_are_detected(tmp_path: Path) -> None:
-    dep = tmp_path / "a.o.d"
-    dep.write_text("a.o: /s/a.cu /venv/include/torch/ATen/ATen.h\n")
-    assert not nvcc_cache.python_dependent(dep)
-    dep.write_text("a.o: /s/a.cpp /usr/include/python3.11/Python.h\n")
-    assert nvcc_cache.python_dependent(dep)
-    assert nvcc_cache.python_dependent(tmp_path / "missing.d")
-
-
-@pytest.mark.parametrize("dep_flags", [["--generate-dependencies-with-compile", "--dependency-output"],
-                                       ["-MD", "-MF"]], ids=["torch<=2.13", "torch-2.14"])
-def test_wrapper_stores_then_hits(tmp_path: Path, dep_flags: list[str]) -> None:
-    """A fake nvcc that writes the object and its depfile: the second call (another Python) is a cache hit."""
-    fake = tmp_path / "nvcc"
-    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'release 13.0'; exit; fi\n"
-                    "while [ $# -gt 0 ]; do case $1 in -o) out=$2; shift;; --dependency-output|-MF) d=$2; shift;; esac;"
-                    " shift; done\necho obj > $out; echo \"$out: k.cu\" > $d; echo compiled >> "
-                    f"{tmp_path}/calls\n")
-    fake.chmod(0o755)
-    src = tmp_path / "k.cu"
-    src.write_text("__global__ void k() {}\n")
-    env = {**os.environ, "WHEELFARM_REAL_NVCC": str(fake), "WHEELFARM_COMPILE_CACHE": str(tmp_path / "cache"),
-           "WHEELFARM_CACHE_STATS": str(tmp_path / "stats")}
-    # torch 2.14 passes "-c" twice and writes its depfile with -MD -MF
-    for py in ("3.11", "3.12"):
-        out = tmp_path / py / "k.o"
-        out.parent.mkdir()
-        subprocess.run([sys.executable, nvcc_cache.__file__, *dep_flags, f"{out}.d", f"-I/usr/include/python{py}",
-                        "-c", "-c", str(src), "-o", str(out)], env=env, check=True)
-        assert out.read_text() == "obj\n"
-    assert (tmp_path / "calls").read_text().count("compiled") == 1
-    assert [ln.split()[0] for ln in (tmp_path / "stats").read_text().splitlines()] == ["miss", "hit"]
 
 
 # --------------------------------------------------------------------------- the searched order, on real logs

@@ -6,9 +6,10 @@ Each test fills one row of a table (fault, expected, observed) printed at the en
 - kill -9 mid-build: a real ``wheelfarm build`` of the fixture cell in a fresh work dir, SIGKILLed with its whole
   session (every process of it, as a cancelled CI job or a dead container) once ninja reported [k/N] with k ≥ 2.
 - out of memory: not a memory limit. The build's nvcc is a wrapper (a CUDA_HOME of symlinks with bin/nvcc replaced)
-  that SIGKILLs the first real ``cicc`` once, exactly what the kernel's OOM killer does to the biggest compile process
-  (nvcc then reports "Killed", as in a real OOM). A real ``podman run --memory`` OOM kill (exit 137) is also fed to the
-  same detector where podman and the offline test image exist; the container build backend is not used.
+  that SIGKILLs the first real ``cicc`` of the build's session once, exactly what the kernel's OOM killer does to the
+  biggest compile process (sccache, which runs cicc, then reports "Compiler killed by signal 9", as in a real OOM).
+  A real ``podman run --memory`` OOM kill (exit 137) is also fed to the same detector where podman and the offline
+  test image exist; the container build backend is not used.
 - S3 stopped mid-upload: moto's ThreadedMotoServer on 127.0.0.1 behind a TCP relay that holds the wheel's PUT after
   half its body; the server is then stopped for real and started again on the same port (moto keeps its state in the
   process, as S3 keeps its objects).
@@ -194,28 +195,27 @@ def kill_session(sid: int) -> None:
 
 
 OOM_NVCC = '''\
-"""nvcc as a memory-starved machine runs it: once armed, SIGKILL the first real cicc, like the kernel's OOM killer."""
-import os, subprocess, sys, time
+"""nvcc as a memory-starved machine runs it: once armed, SIGKILL the first real cicc of this build, like the kernel's
+OOM killer. sccache runs nvcc's steps itself (it asks ``nvcc --dryrun`` for them, then starts cicc, ptxas... from
+its server, which runs in the build's session), so the armed dry run starts a watcher that kills the first cicc of
+this session: other sessions' compilers on a shared machine are never touched."""
+import os, subprocess, sys
 
 REAL, ARM = {real!r}, {arm!r}
-
-
-def descendants(root):
-    children = {{}}
+WATCH = """
+import os, sys, time
+sid, deadline = int(sys.argv[1]), time.monotonic() + 600
+while time.monotonic() < deadline:
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
         try:
-            ppid = int(open(f"/proc/{{entry}}/stat").read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+            comm = open(f"/proc/{{entry}}/comm").read().strip() if entry.isdigit() else ""
+            if comm == "cicc" and os.getsid(int(entry)) == sid:
+                os.kill(int(entry), 9)
+                sys.exit(0)
+        except OSError:
             continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out[1:]
+    time.sleep(0.02)
+"""
 
 
 def armed():
@@ -229,22 +229,11 @@ def armed():
 
 
 args = sys.argv[1:]
-if "-c" not in args or not armed():
-    os.execv(REAL, [REAL, *args])
-proc = subprocess.Popen([REAL, *args])
-killed = False
-while proc.poll() is None and not killed:
-    for pid in descendants(proc.pid):
-        try:
-            if open(f"/proc/{{pid}}/comm").read().strip() == "cicc":
-                os.kill(pid, 9)
-                killed = True
-                break
-        except OSError:
-            continue
-    time.sleep(0.02)
-rc = proc.wait()
-sys.exit(rc if rc >= 0 else 128 - rc)
+if "--dryrun" in args and "-c" in args and armed():
+    # no inherited stdout/stderr: sccache reads the dry run's output until EOF
+    subprocess.Popen([sys.executable, "-c", WATCH, str(os.getsid(0))], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+os.execv(REAL, [REAL, *args])
 '''
 
 
@@ -380,7 +369,7 @@ def test_oom_kill_is_detected_and_retried_with_fewer_jobs(fault_build: FaultBuil
                         r"retrying with MAX_JOBS=(\d+) \(finished objects are kept\)", out)
     assert message and int(message.group(2)) < int(message.group(1)), out[-3000:]
     log = Path(result["log"]).read_text()
-    assert "Killed" in log and "# attempt 2: MAX_JOBS=1" in log
+    assert "Compiler killed by signal 9" in log and "# attempt 2: MAX_JOBS=1" in log  # sccache's words for it
     r.done(f"\"{message.group(0)[9:]}\"; attempt 2 ok")
 
 

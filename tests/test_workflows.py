@@ -110,13 +110,15 @@ def test_build_job_builds_its_select_in_a_container(farm: dict[str, Any]) -> Non
     assert build["strategy"]["fail-fast"] is False and build["timeout-minutes"] <= 360
     (run,) = [s for s in steps(build) if "nox -s build" in s.get("run", "")]
     assert run["env"]["SELECT"] == "${{ matrix.select }}"  # through the environment, never into the script
-    assert 'nox -s build -- --backend container --select "${filters[@]}"' in run["run"]
+    assert 'nox -s build -- --backend container --cache "$CACHE" --select "${filters[@]}"' in run["run"]
+    assert run["env"]["CACHE"] == "${{ vars.WHEELFARM_CACHE_URL || '.wheelfarm/compile-cache' }}"
     assert any("rm -rf" in s.get("run", "") for s in steps(build)), "disk-space cleanup"
     caches = [s["with"] for s in steps(build) if s.get("uses", "").startswith("actions/cache@")]
     paths = {c["path"] for c in caches}
     assert {"~/.cache/pip", "~/.cache/wheelfarm/cuda", ".wheelfarm/compile-cache"} <= paths
-    (compile_cache,) = [c for c in caches if c["path"] == ".wheelfarm/compile-cache"]
-    assert "${{ matrix.group }}" in compile_cache["key"]
+    (compile_cache,) = [s for s in steps(build) if s.get("with", {}).get("path") == ".wheelfarm/compile-cache"]
+    assert "${{ matrix.group }}" in compile_cache["with"]["key"]
+    assert compile_cache["if"] == "vars.WHEELFARM_CACHE_URL == ''"  # the local folder only without the S3 cache
     (upload,) = [s for s in steps(build) if s.get("uses", "").startswith("actions/upload-artifact@")
                  and "wheels-" in s["with"]["name"]]
     assert "wheelhouse/*.whl" in upload["with"]["path"] and "audit.json" in upload["with"]["path"]
@@ -196,19 +198,27 @@ def test_least_privilege_permissions(path: Path) -> None:
         perms = job.get("permissions")
         assert isinstance(perms, dict), f"{path.name}: job {name} sets no permissions of its own"
         writes = {k for k, v in perms.items() if v == "write"}
-        allowed = {("farm.yml", "publish"): {"id-token"}, ("farm.yml", "release"): {"contents"}}
+        allowed = {("farm.yml", "publish"): {"id-token"}, ("farm.yml", "release"): {"contents"},
+                   ("farm.yml", "build"): {"id-token"}}  # build: the compile cache's role, through OIDC
         assert writes == allowed.get((path.name, name), set()), f"{path.name}: job {name} may write {writes}"
 
 
-def test_oidc_only_in_the_s3_publish_job(farm: dict[str, Any]) -> None:
+def test_oidc_only_in_the_s3_publish_job_and_for_the_build_cache(farm: dict[str, Any]) -> None:
+    """Two roles, each for one thing: publishing (the publish job) and the compile cache (build jobs, before the
+    build step, only when the shared cache is configured); never long-lived keys."""
+    roles = {}
     for name, job in farm["jobs"].items():
-        uses_aws = any(s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
-                       for s in steps(job))
-        assert uses_aws == (name == "publish"), name
-    publish = farm["jobs"]["publish"]
-    (aws,) = [s for s in steps(publish) if s.get("uses", "").startswith("aws-actions/")]
-    assert set(aws["with"]) >= {"role-to-assume", "aws-region"}
-    assert "aws-access-key-id" not in aws["with"], "OIDC role assumption, no long-lived keys"
+        aws = [s for s in steps(job) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")]
+        assert len(aws) == (1 if name in ("publish", "build") else 0), name
+        if aws:
+            assert set(aws[0]["with"]) >= {"role-to-assume", "aws-region"}
+            assert "aws-access-key-id" not in aws[0]["with"], "OIDC role assumption, no long-lived keys"
+            roles[name] = aws[0]["with"]["role-to-assume"]
+    assert roles == {"publish": "${{ vars.WHEELFARM_AWS_ROLE_ARN }}", "build": "${{ vars.WHEELFARM_CACHE_ROLE_ARN }}"}
+    build = steps(farm["jobs"]["build"])
+    (aws_step,) = [s for s in build if s.get("uses", "").startswith("aws-actions/")]
+    assert aws_step["if"] == "vars.WHEELFARM_CACHE_URL != ''"
+    assert build.index(aws_step) < next(i for i, s in enumerate(build) if "nox -s build" in s.get("run", ""))
 
 
 @pytest.mark.parametrize("path", all_workflows(), ids=lambda p: p.name)

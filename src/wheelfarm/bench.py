@@ -7,6 +7,9 @@ Each figure has a goal (issue 10; DESIGN.md has the measurements behind them):
   build: ``pip wheel --no-build-isolation`` of the patched source, MAX_JOBS = cores, NVCC_THREADS=2, no compile cache,
   ninja's own order) — goal ≤ 0.88;
 - ``extra-python``: each additional Python of a (torch, CUDA, ABI, archs) group / the group's first — goal ≤ 0.06;
+- ``second-runner``: .cu objects a second runner compiles for the group's first cell, its work dir and local disk
+  empty, reading the first runner's objects from the shared S3 cache (sccache's statistics) — goal 0; with
+  ``--cache s3://…`` a real bucket, else moto's S3 server on 127.0.0.1 (a stand-in, labelled so);
 - ``span-vs-limit``: ninja's span / (compile job-seconds from its .ninja_log ÷ cores) — goal ≤ 1.06;
 - ``peak-vs-plan``: peak RSS of the build's process tree / the planner's MAX_JOBS × per-job peak — goal ≤ 1.0;
 - ``plan-seconds``: ``wheelfarm plan`` with nothing missing — goal < 60 s.
@@ -17,9 +20,12 @@ analysed the same way, so one table names every machine a figure comes from.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import functools
 import json
+import logging
 import os
 import platform
 import resource
@@ -28,7 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,7 @@ from rich.table import Table
 
 from . import jobs, log, toolchain
 from .build import BuildPaths, BuildResult, build_cell
+from .compile_cache import CacheTarget
 from .config import Config
 from .errors import BadInput, BuildFailed
 from .matrix import Cell, expand
@@ -50,6 +58,7 @@ RECORDED_PYTHON_OBJECTS = ("flash_api.o",)
 UPSTREAM_NVCC_THREADS = "2"  # upstream flash-attn CI (DESIGN.md)
 GPU_RUNS = "docs/gpu-runs"
 SAME_PYTHON = "wheelfarm+same-python"  # the extra-Python build's role when the group has one interpreter
+SECOND_RUNNER = "wheelfarm+second-runner"  # the group's first cell again: fresh work dir, only the shared cache
 
 
 # ------------------------------------------------------------------------------------------------ goals
@@ -67,10 +76,14 @@ class Goal:
     def __str__(self) -> str:
         return f"{'≤' if self.op == '<=' else '<'}{self.limit:g}{'' if self.unit == '×' else ' '}{self.unit}"
 
+    def show(self, value: float) -> str:
+        return {"s": f"{value:.1f} s", "objects": f"{value:.0f} objects"}.get(self.unit, f"{value:.3f}×")
+
 
 GOALS = {
     "cold-vs-upstream": Goal("<=", 0.88),
     "extra-python": Goal("<=", 0.06),
+    "second-runner": Goal("<=", 0, "objects"),
     "span-vs-limit": Goal("<=", 1.06),
     "peak-vs-plan": Goal("<=", 1.0),
     "plan-seconds": Goal("<", 60.0, "s"),
@@ -78,6 +91,7 @@ GOALS = {
 TITLES = {
     "cold-vs-upstream": "cold cell: wheelfarm / upstream method",
     "extra-python": "additional Python / first Python of the group",
+    "second-runner": "second runner, empty local cache, shared S3: .cu objects compiled",
     "span-vs-limit": "ninja span / (compile job-s ÷ cores)",
     "peak-vs-plan": "peak RSS / planner (MAX_JOBS × per-job MB)",
     "plan-seconds": "`wheelfarm plan`, nothing missing",
@@ -183,14 +197,15 @@ def cell_ninja_log(paths: BuildPaths, cell: Cell) -> Path | None:
     return found[0] if found else None
 
 
-def python_dependent_objects(build_log: Path, stats: NinjaStats) -> list[str]:
-    """The objects the compile cache did not serve: those whose compile is not in the ``.cache-stats`` beside the
-    build's log (hit/miss lines). nvcc objects that include Python.h are ``uncached``; the binding .cpp files are
-    compiled by the host compiler, which the cache does not wrap; both are compiled again for every Python."""
-    cache_stats = build_log.with_suffix(".cache-stats")
-    lines = cache_stats.read_text().splitlines() if cache_stats.exists() else []
-    cached = {Path(ln.split(" ", 1)[1]).stem + ".o" for ln in lines if ln.startswith(("hit ", "miss "))}
-    return sorted(set(stats.seconds) - cached)
+def python_dependent_objects(ninja_log: Path, stats: NinjaStats) -> list[str]:
+    """The objects an additional Python compiles again: those torch's build.ninja (beside the log) builds with the
+    host compiler (its ``compile`` rule: the binding .cpp files, which include Python.h); every .cu object
+    (``cuda_compile``) preprocesses to the same text for each Python and comes from sccache."""
+    manifest = ninja_log.with_name("build.ninja")
+    text = manifest.read_text(errors="replace") if manifest.exists() else ""
+    host = {Path(line[len("build "):].split(":")[0]).name for line in text.splitlines()
+            if line.startswith("build ") and ": compile " in line}
+    return sorted(host & set(stats.seconds))
 
 
 # ------------------------------------------------------------------------------------------ the machine
@@ -299,6 +314,8 @@ class Options:
     cuda_home: Path | None = None
     sdists: tuple[Path, ...] = ()
     skip: frozenset[str] = frozenset()
+    cache: CacheTarget | None = None  # the shared cache every wheelfarm build of the bench uses (None: local)
+    cache_note: str = ""  # what stands in for it ("moto's S3 server on 127.0.0.1")
 
 
 @dataclass
@@ -309,6 +326,7 @@ class Measured:
     settings: dict[str, Any] = field(default_factory=dict)
     cpu_s: float = 0.0  # user + system seconds of the whole build tree: the work, whatever else ran meanwhile
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after: others' work on a shared host
+    ninja_log: Path | None = None  # the build's .ninja_log (build.ninja beside it)
 
     def to_json(self) -> dict[str, Any]:
         cores = self.result.plan.cores
@@ -351,14 +369,53 @@ def _measure(role: str, build: Callable[[], BuildResult], paths: BuildPaths, set
     if not result.ok:
         raise BuildFailed(f"bench: the {role} build of {result.cell.wheel} failed: {result.error}")
     ninja_log = cell_ninja_log(paths, result.cell)
-    if ninja_log:  # kept beside the work dirs: a later build of the group replaces the tree's own
-        keep = paths.work_dir.parent / "ninja-logs"
+    if ninja_log:  # kept beside the work dirs, with its build.ninja: a later build of the group replaces the tree's
+        tag = f"{role}-cp{result.cell.python.replace('.', '')}-{time.time():.0f}"
+        keep = paths.work_dir.parent / "ninja-logs" / tag
         keep.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ninja_log, keep / f"{role}-cp{result.cell.python.replace('.', '')}-{time.time():.0f}.ninja_log")
+        for name in (ninja_log.name, "build.ninja"):
+            if (ninja_log.parent / name).exists():
+                shutil.copy2(ninja_log.parent / name, keep / name)
+        ninja_log = keep / ninja_log.name
     log.info(f"bench: {role} {result.cell.wheel}: {result.seconds:.1f} s wall, {cpu:.1f} s CPU, "
              f"{result.objects_compiled}/{result.objects_total} objects, load average {load:.2f} → {load_after:.2f}")
+    log.info(f"bench: {role}: {result.cache.describe()}")
     return Measured(role, result, read_ninja_log(ninja_log) if ninja_log else None, settings, cpu,
-                    (load, load_after))
+                    (load, load_after), ninja_log)
+
+
+@contextlib.contextmanager
+def s3_stand_in() -> Iterator[CacheTarget | None]:
+    """moto's S3 server on 127.0.0.1 (the real S3 wire protocol; no real S3 is reachable here) with one bucket, and
+    the process's AWS settings pointed at it with dummy credentials for the duration; None without moto."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        log.warn("bench: no moto (pip install 'wheelfarm[test]') and no --cache s3://…: the second-runner figure "
+                 "is not measured, the builds use a local cache")
+        yield None
+        return
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not one line per S3 request of sccache
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    fake = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in [*fake, "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3"]}
+    try:
+        for key in saved:
+            os.environ.pop(key, None)
+        os.environ.update(fake)
+        boto3.client("s3", endpoint_url=fake["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
+            Bucket="wheelfarm-bench-cache")
+        yield CacheTarget(bucket="wheelfarm-bench-cache", prefix="sccache")
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+        server.stop()
 
 
 def upstream_build(config: Config, cell: Cell, tc: toolchain.Toolchain, paths: BuildPaths) -> BuildResult:
@@ -424,7 +481,7 @@ class Report:
         for column in ("figure", "value", "goal", "met", "machine", "how"):
             table.add_column(column, overflow="fold")
         for f in self.figures:
-            value = "-" if f.value is None else (f"{f.value:.1f} s" if f.goal.unit == "s" else f"{f.value:.3f}×")
+            value = "-" if f.value is None else f.goal.show(f.value)
             met = {True: "yes", False: "NO", None: "-"}[f.met]
             table.add_row(TITLES[f.metric], value, str(f.goal), met, f.machine, f"[{f.source}] {f.how}")
         return table
@@ -443,15 +500,26 @@ def measured_figures(machine: str, first: Measured, extras: Sequence[Measured], 
         if first.ninja and upstream.ninja:
             how += f"; ninja spans {first.ninja.span_s:.1f} / {upstream.ninja.span_s:.1f} s"
         figures.append(Figure("cold-vs-upstream", first.result.seconds / up_s, machine, how))
-    py_objects = python_dependent_objects(first.result.log, first.ninja) if first.ninja else []
+    py_objects = python_dependent_objects(first.ninja_log, first.ninja) if first.ninja and first.ninja_log else []
     for extra in extras:
+        if extra.role == SECOND_RUNNER:
+            continue
         how = (f"Python {extra.result.cell.python} {extra.result.seconds:.1f} s / Python {first.result.cell.python} "
-               f"{first.result.seconds:.1f} s; compile cache {extra.result.cache_hits} hits, "
-               f"ninja ran {extra.result.objects_compiled}/{extra.result.objects_total} objects")
+               f"{first.result.seconds:.1f} s; {extra.result.cache.describe()} "
+               f"({extra.result.cache.location}); ninja ran {extra.result.objects_compiled}/"
+               f"{extra.result.objects_total} objects")
         if extra.role == SAME_PYTHON:
             how += ("; stand-in: the same interpreter again, its per-Python build folders deleted (one Python with "
                     "torch on this machine)")
         figures.append(Figure("extra-python", extra.result.seconds / first.result.seconds, machine, how))
+    for runner in (m for m in extras if m.role == SECOND_RUNNER):
+        cache = runner.result.cache
+        figures.append(Figure(
+            "second-runner", cache.kernel_misses, machine,
+            f"{runner.result.cell.wheel} again in an emptied work dir at the same path, no local cache: "
+            f"{cache.describe()}; cicc/ptxas steps {cache.device_hits} hits, {cache.device_misses} compiled; "
+            f"{runner.result.seconds:.1f} s = {runner.result.seconds / first.result.seconds:.3f}× of the first "
+            f"runner's cold {first.result.seconds:.1f} s; {cache.location}"))
     if first.ninja and py_objects:
         py_s = first.ninja.seconds_of(py_objects)
         fixed = first.result.seconds - first.ninja.span_s
@@ -485,8 +553,8 @@ def run_round(config: Config, group: Sequence[Cell], tcs: dict[Cell, toolchain.T
 
     def wheelfarm() -> Measured:
         with log.step(f"bench: wheelfarm build, cold (empty compile cache): {first_cell.wheel}"):
-            return _measure("wheelfarm", lambda: build_cell(config, first_cell, tcs[first_cell], wf_paths), wf_paths,
-                            {"compile_cache": True, "lpt": True, "max_jobs": "planned"})
+            return _measure("wheelfarm", lambda: build_cell(config, first_cell, tcs[first_cell], wf_paths,
+                                                            cache=opts.cache), wf_paths, settings)
 
     def upstream() -> Measured | None:
         if "upstream" in opts.skip:
@@ -496,25 +564,32 @@ def run_round(config: Config, group: Sequence[Cell], tcs: dict[Cell, toolchain.T
                             {"compile_cache": False, "lpt": False, "MAX_JOBS": jobs.usable_cores(),
                              "NVCC_THREADS": UPSTREAM_NVCC_THREADS})
 
+    settings: dict[str, Any] = {"compile_cache": opts.cache.describe() if opts.cache else "local", "lpt": True,
+                                "max_jobs": "planned", "cache_stand_in": opts.cache_note}
     if upstream_first:
         up, first = upstream(), wheelfarm()
     else:
         first, up = wheelfarm(), upstream()
     extras: list[Measured] = []
-    settings = {"compile_cache": True, "lpt": True, "max_jobs": "planned"}
-    if first.result.cache_stores == 0 and "extra-python" not in opts.skip:
+    if first.result.cache.writes == 0 and "extra-python" not in opts.skip:
         log.warn(f"bench: the compile cache stored no object in the cold build ({first.result.log}); an additional "
                  "Python would compile everything again: not measured")
         return first, up, extras
     for cell in extra_cells:
         with log.step(f"bench: additional Python {cell.python}, same work dir: {cell.wheel}"):
-            extras.append(_measure("wheelfarm+python", functools.partial(build_cell, config, cell, tcs[cell], wf_paths),
-                                   wf_paths, settings))
+            extras.append(_measure("wheelfarm+python", functools.partial(build_cell, config, cell, tcs[cell], wf_paths,
+                                                                         cache=opts.cache), wf_paths, settings))
     if not extra_cells and "extra-python" not in opts.skip:
         with log.step(f"bench: the same interpreter again as the stand-in for another Python: {first_cell.wheel}"):
             forget_python_build(wf_paths, first_cell)
             extras.append(_measure(SAME_PYTHON, functools.partial(build_cell, config, first_cell, tcs[first_cell],
-                                                                  wf_paths), wf_paths, settings))
+                                                                  wf_paths, cache=opts.cache), wf_paths, settings))
+    if opts.cache is not None and opts.cache.shared and "second-runner" not in opts.skip:
+        with log.step(f"bench: a second runner (empty work dir, shared cache only): {first_cell.wheel}"):
+            runner_paths = _fresh(opts.work_dir / "wheelfarm", opts.sdists)  # same path, nothing left on disk
+            extras.append(_measure(SECOND_RUNNER, functools.partial(build_cell, config, first_cell, tcs[first_cell],
+                                                                    runner_paths, cache=opts.cache),
+                                   runner_paths, settings))
     return first, up, extras
 
 
@@ -561,8 +636,12 @@ def run(config: Config, cells: Sequence[Cell], selectors: Sequence[str], opts: O
     tcs = {c: toolchain.prepare(config, c, python=opts.python, cuda_home=opts.cuda_home)
            for c in group}  # before any clock starts: both methods need the same toolchain
     per_round, builds = [], []
+    run_id = uuid.uuid4().hex[:8]
     for index in range(rounds):
-        first, upstream, extras = run_round(config, group, tcs, opts, upstream_first=index % 2 == 1)
+        # every round's cold build starts from an empty cache: a shared one gets a fresh prefix per round
+        shared = opts.cache.scoped(f"bench-{run_id}-round{index + 1}") if opts.cache and opts.cache.shared else None
+        round_opts = dataclasses.replace(opts, cache=shared or opts.cache)
+        first, upstream, extras = run_round(config, group, tcs, round_opts, upstream_first=index % 2 == 1)
         per_round.append(measured_figures(machine, first, extras, upstream))
         builds += [first, *([upstream] if upstream else []), *extras]
     return Report(machine, list(selectors), combine(per_round), builds, group[0].group)

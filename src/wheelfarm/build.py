@@ -28,6 +28,7 @@ from rich.progress import (
 )
 
 from . import jobs, log, source
+from .compile_cache import CacheStats, CacheTarget, Server, server
 from .config import Config
 from .errors import BuildFailed
 from .matrix import Cell
@@ -57,8 +58,7 @@ class BuildResult:
     peaks: Peaks = field(default_factory=Peaks)
     error: str = ""
     attempts: int = 1
-    cache_hits: int = 0
-    cache_stores: int = 0
+    cache: CacheStats = field(default_factory=CacheStats)  # sccache's statistics of this build
     phases: dict[str, float] = field(default_factory=dict)  # seconds: prepare (source tree), pip wheel, relabel
 
     def to_json(self) -> dict[str, object]:
@@ -68,7 +68,7 @@ class BuildResult:
             "objects_compiled": self.objects_compiled, "objects_total": self.objects_total,
             "peak_rss_mb": self.peaks.total_mb, "largest_process_mb": self.peaks.largest_mb,
             "plan": self.plan.to_json(), "error": self.error, "attempts": self.attempts,
-            "compile_cache": {"hits": self.cache_hits, "stores": self.cache_stores},
+            "compile_cache": self.cache.to_json(),
             "phases_s": {k: round(v, 1) for k, v in self.phases.items()},
         }
 
@@ -122,26 +122,37 @@ def patch_dirs(config: Config, cell: Cell) -> list[Path]:
     return dirs
 
 
-def cache_salt(config: Config, cell: Cell, torch_version: str) -> str:
-    """What a compile-cache key must cover beyond the command line: torch, the sdist and its patches."""
-    patches = source.list_patches(patch_dirs(config, cell))
-    return "|".join([torch_version, config.packages[cell.package].versions[cell.version].sha256,
-                     *(sha256_file(p) for p in patches)])
+def cache_target(cell: Cell, paths: BuildPaths, cache: CacheTarget | None) -> CacheTarget:
+    """The build's compile cache: ``--cache`` (an S3 cache under one prefix per toolkit and platform), else the
+    work dir's own folder."""
+    target = cache or CacheTarget(local=paths.work_dir / "compile-cache")
+    return target.scoped(f"cuda-{cell.cuda}-{cell.platform}")
 
 
-def compile_cache_env(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths) -> dict[str, str]:
-    """Route torch's nvcc calls through wheelfarm's nvcc_cache so a group's Pythons share their .cu objects."""
-    wrapper = paths.work_dir / "bin" / "nvcc-cache"
-    wrapper.parent.mkdir(parents=True, exist_ok=True)
-    script = Path(__file__).with_name("nvcc_cache.py")
-    text = f'#!/bin/sh\nexec "{tc.python}" "{script}" "$@"\n'
-    if not wrapper.exists() or wrapper.read_text() != text:
-        wrapper.write_text(text)
-        wrapper.chmod(0o755)
-    salt = cache_salt(config, cell, tc.torch_version)
-    return {"PYTORCH_NVCC": str(wrapper), "WHEELFARM_REAL_NVCC": str(tc.cuda_home / "bin" / "nvcc"),
-            "WHEELFARM_COMPILE_CACHE": str(paths.work_dir / "compile-cache"), "WHEELFARM_CACHE_SALT": salt,
-            "WHEELFARM_CACHE_STATS": str(paths.log_file(cell).with_suffix(".cache-stats"))}
+def _script(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+        path.chmod(0o755)
+    return path
+
+
+def compile_cache_env(cell: Cell, tc: Toolchain, paths: BuildPaths, srv: Server) -> dict[str, str]:
+    """torch's nvcc calls through nvcc_shim.py (torch's headers at one path per group) into sccache, and its host
+    compiler (``CXX``) through sccache too; a wrapper named like the compiler keeps torch's compiler checks happy."""
+    bin_dir = paths.work_dir / "bin" / "sccache" / cell.python_tag
+    shim = Path(__file__).with_name("nvcc_shim.py")
+    nvcc = _script(bin_dir / "nvcc", f'#!/bin/sh\nexec "{tc.python}" "{shim}" "$@"\n')
+    env = {**srv.env, "PYTORCH_NVCC": str(nvcc), "WHEELFARM_SCCACHE": str(srv.binary),
+           "WHEELFARM_REAL_NVCC": str(tc.cuda_home / "bin" / "nvcc"),
+           "WHEELFARM_TORCH_LINK": str(paths.group_dir(cell) / "torch-site")}
+    path = tc.env()["PATH"]
+    real_cxx = shutil.which(tc.compiler or "c++", path=path)
+    if real_cxx:  # CXX keeps the compiler's name (torch picks gcc's or clang's version bounds by it); PATH finds ours
+        name = Path(tc.compiler or "c++").name
+        _script(bin_dir / name, f'#!/bin/sh\nexec "{srv.binary}" "{real_cxx}" "$@"\n')
+        env |= {"CXX": name, "PATH": f"{bin_dir}{os.pathsep}{path}"}
+    return env
 
 
 def durations_file(cell: Cell) -> Path:
@@ -192,11 +203,6 @@ def record_durations(tree: Path, cell: Cell) -> None:
                 known[name] = round((known[name] + seconds) / 2, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(sorted(known.items(), key=lambda kv: -kv[1])), indent=1) + "\n")
-
-
-def _cache_counts(stats: Path) -> tuple[int, int]:
-    lines = stats.read_text().splitlines() if stats.exists() else []
-    return sum(ln.startswith("hit ") for ln in lines), sum(ln.startswith("miss ") for ln in lines)
 
 
 def plan_for(config: Config, cell: Cell, *, max_jobs: int | None = None) -> jobs.JobPlan:
@@ -313,9 +319,25 @@ def log_tail(logfile: Path, lines: int = 25) -> str:
 
 
 def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, max_jobs: int | None = None,
-               retry_oom: bool = True, compile_cache: bool = True, lpt: bool = True,
-               extra_env: dict[str, str] | None = None) -> BuildResult:
-    """Build ``cell`` with toolchain ``tc`` into ``paths.wheelhouse``; never leaves a partial wheel there."""
+               retry_oom: bool = True, compile_cache: bool = True, cache: CacheTarget | None = None,
+               lpt: bool = True, extra_env: dict[str, str] | None = None) -> BuildResult:
+    """Build ``cell`` with toolchain ``tc`` into ``paths.wheelhouse``; never leaves a partial wheel there. With
+    ``compile_cache`` its compiles go through a private sccache server for ``cache`` (default: the work dir's
+    folder), whose statistics land in the result."""
+    if not compile_cache:
+        return _build_cell(config, cell, tc, paths, {}, max_jobs=max_jobs, retry_oom=retry_oom, lpt=lpt,
+                           extra_env=extra_env)
+    paths.log_file(cell).parent.mkdir(parents=True, exist_ok=True)
+    with server(cache_target(cell, paths, cache), log_file=paths.log_file(cell).with_suffix(".sccache.log")) as srv:
+        result = _build_cell(config, cell, tc, paths, compile_cache_env(cell, tc, paths, srv), max_jobs=max_jobs,
+                             retry_oom=retry_oom, lpt=lpt, extra_env=extra_env)
+    result.cache = srv.stats or CacheStats()
+    log.info(f"{cell.wheel}: {result.cache.describe()}")
+    return result
+
+
+def _build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, cache_env: dict[str, str], *,
+                max_jobs: int | None, retry_oom: bool, lpt: bool, extra_env: dict[str, str] | None) -> BuildResult:
     plan = plan_for(config, cell, max_jobs=max_jobs)
     log.info(f"job plan: {plan.describe()}")
     start = time.monotonic()
@@ -325,16 +347,14 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
     logfile.parent.mkdir(parents=True, exist_ok=True)
     logfile.write_text(f"# wheelfarm build of {cell.wheel}\n# plan: {plan.describe()}\n")
     attempts = 0
-    cache_env = compile_cache_env(config, cell, tc, paths) if compile_cache else {}
-    stats = Path(cache_env.get("WHEELFARM_CACHE_STATS", logfile.with_suffix(".cache-stats")))
-    stats.unlink(missing_ok=True)
     outdir = Path(tempfile.mkdtemp(prefix="out-", dir=paths.group_dir(cell)))
     try:
         while True:
             attempts += 1
             base = tc.env()
+            path = cache_env.get("PATH", base["PATH"])  # the compiler wrapper's folder first, then the ninja shim's
             env = {**base, **plan.env(), **knob_env(config, cell), **cache_env,
-                   **(lpt_env(cell, paths, tc.python, base["PATH"]) if lpt else {}), **(extra_env or {})}
+                   **(lpt_env(cell, paths, tc.python, path) if lpt else {}), **(extra_env or {})}
             cmd = [str(tc.python), "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v",
                    "--disable-pip-version-check", "-w", str(outdir), str(tree)]
             with logfile.open("a") as f:
@@ -381,10 +401,9 @@ def build_cell(config: Config, cell: Cell, tc: Toolchain, paths: BuildPaths, *, 
             jobs.record_peak(jobs.peak_key(cell), per_job, peaks.largest_mb)
         phases["relabel"] = time.monotonic() - relabel_start
         record_durations(tree, cell)
-        hits, stores = _cache_counts(stats)
         return BuildResult(cell, True, logfile, time.monotonic() - start, plan, wheel=final,
                            sha256=sha256_file(final), size=final.stat().st_size, objects_compiled=done,
                            objects_total=max(total, objects_in_manifest(tree, cell)), peaks=peaks, attempts=attempts,
-                           cache_hits=hits, cache_stores=stores, phases=phases)
+                           phases=phases)
     finally:
         shutil.rmtree(outdir, ignore_errors=True)

@@ -8,15 +8,17 @@ Pure: no subprocess, no engine (``container_build`` probes, resolves and runs). 
 * ``before-build`` (per Python): the group's exact torch into a mounted, cached folder per Python, put on that
   Python's path with a ``.pth`` file, plus the build tools (``build`` runs with ``--no-isolation``);
 * environment: the package's knobs, MAX_JOBS/NVCC_THREADS planned for the container's memory limit, CUDA_HOME,
-  the compiler, and torch's ``PYTORCH_NVCC`` pointed at wheelfarm's nvcc_cache with the compile cache mounted
-  at one path for every Python (the source tree is /project for all of them too), so the group's second
-  Python reuses the first one's .cu objects;
+  the compiler (through sccache), and torch's ``PYTORCH_NVCC`` pointed at nvcc_shim.py → sccache → nvcc: the
+  host's pinned sccache binary is mounted read-only (the image needs nothing installed), the local cache folder
+  at one path for every Python (the source tree is /project for all of them too, torch's headers are at one
+  path through nvcc_shim's link), so the group's second Python reuses the first one's .cu objects; an S3 cache
+  gets its bucket/prefix/endpoint in the environment and credentials as a mounted file, never as values;
 * ``repair-wheel-command``: ``auditwheel repair`` in the container (the libraries it may vendor are the
   image's), torch and CUDA excluded as ``repair.py`` does; the upstream name, METADATA and the audit are done
   on the host afterwards (``container_build``).
 
-The hooks also append timestamps (``marks``) and a per-Python header to the compile-cache statistics, read
-back by ``parse_marks``/``parse_cache_stats`` to report each Python's cost.
+The hooks also append timestamps (``marks``) and write sccache's statistics per Python (zeroed before its build,
+read after it), read back by ``parse_costs`` to report each Python's cost.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .compile_cache import NO_NVCC_DEPFILE, CacheStats, parse_stats
 from .config import CudaRelease
 from .container import PODMAN_ULIMITS, Engine, Mount
 from .errors import BadInput
@@ -37,8 +40,13 @@ from .repair import exclude_args
 
 # Inside the container: the same paths for every Python of the group (compile-cache hits need that).
 WF = PurePosixPath("/wf")
-LIB = WF / "lib"  # wheelfarm's package folder (nvcc_cache.py, ninja_order.py), read-only
-COMPILE_CACHE = WF / "compile-cache"
+LIB = WF / "lib"  # wheelfarm's package folder (nvcc_shim.py, ninja_order.py), read-only
+COMPILE_CACHE = WF / "compile-cache"  # a local --cache folder
+SCCACHE = WF / "sccache"  # the host's pinned sccache binary (a static-enough manylinux2014 build), read-only
+AWS_CREDENTIALS = WF / "aws-credentials"  # an S3 cache's credentials (a file the host writes), read-only
+CXX_WRAPPER = WF / "cxx"  # the host compiler through sccache: a script named like the compiler, read-only
+RUN = WF / "run"  # the group's own writable folder: sccache's socket, nvcc_shim's link (the chroot engine shares /tmp)
+TORCH_LINK = RUN / "torch-site"  # nvcc_shim's one path for torch's headers, for every Python of the group
 CUDA = WF / "cuda"  # CUDA toolkits from PyPI wheels, one folder per CUDA minor
 TORCH = WF / "torch"  # torch per (version, Python)
 PIP_CACHE = WF / "pip-cache"
@@ -46,7 +54,7 @@ LOGS = WF / "logs"
 SHIMS = WF / "bin"  # the LPT ninja shim, read-only
 DURATIONS = WF / "durations.json"
 MARKS = LOGS / "marks"
-CACHE_STATS = LOGS / "cache-stats"
+CACHE_STATS = LOGS / "sccache"  # <identifier>.json: sccache's statistics of that Python's build
 NINJA_LOGS = LOGS / "ninja"  # <identifier>/build/temp/.ninja_log: per-object seconds (build.record_durations)
 UTILITY_PYTHON = "/opt/python/cp39-cp39/bin/python"  # cibuildwheel needs it in every image (DESIGN.md)
 BUILD_TOOLS = ("build", "setuptools>=69", "wheel", "ninja", "packaging", "psutil")
@@ -143,17 +151,25 @@ class HostDirs:
     """Host folders behind the container paths above (``shims``/``durations``: None = no LPT ordering)."""
 
     lib: Path
-    compile_cache: Path
+    compile_cache: Path | None  # a local --cache folder (None: an S3 cache)
+    sccache: Path
     cuda: Path
     torch: Path
     logs: Path
     pip_cache: Path | None = None
     shims: Path | None = None
     durations: Path | None = None
+    aws_credentials: Path | None = None
+    cxx_wrapper: Path | None = None  # a folder holding cxx_wrapper_script() under the compiler's name
+    run: Path | None = None  # behind RUN
 
     def mounts(self, pip: PipSources) -> list[Mount]:
-        mounts = [Mount(self.lib, str(LIB), read_only=True), Mount(self.compile_cache, str(COMPILE_CACHE)),
+        mounts = [Mount(self.lib, str(LIB), read_only=True), Mount(self.sccache, str(SCCACHE), read_only=True),
                   Mount(self.cuda, str(CUDA)), Mount(self.torch, str(TORCH)), Mount(self.logs, str(LOGS))]
+        mounts += [Mount(self.compile_cache, str(COMPILE_CACHE))] if self.compile_cache else []
+        mounts += [Mount(self.aws_credentials, str(AWS_CREDENTIALS), read_only=True)] if self.aws_credentials else []
+        mounts += [Mount(self.cxx_wrapper, str(CXX_WRAPPER), read_only=True)] if self.cxx_wrapper else []
+        mounts += [Mount(self.run, str(RUN))] if self.run else []
         mounts += [Mount(self.pip_cache, str(PIP_CACHE))] if self.pip_cache else []
         if self.shims and self.durations:
             mounts += [Mount(self.shims, str(SHIMS), read_only=True),
@@ -175,7 +191,7 @@ class GroupPlan:
     jobs: JobPlan
     memory_mb: int  # the container's memory limit (--memory); the job plan is made for it
     knobs: Mapping[str, str]
-    cache_salt: str
+    cache_env: Mapping[str, str]  # sccache's configuration inside the container (compile_cache.CacheTarget.env)
     dirs: HostDirs
     pip: PipSources = field(default_factory=PipSources)
     extra_mounts: tuple[Mount, ...] = ()  # a runner's own torch and CUDA (``--python``/``--cuda-home``)
@@ -262,12 +278,18 @@ def environment(plan: GroupPlan) -> dict[str, str]:
     lpt = plan.dirs.shims is not None and plan.dirs.durations is not None
     if lpt:
         env |= {"WHEELFARM_REAL_NINJA": "$(which ninja)", "WHEELFARM_DURATIONS": str(DURATIONS)}
-    env["PATH"] = (f"{SHIMS}:" if lpt else "") + "$CUDA_HOME/bin:$PATH"
+    cxx = plan.dirs.cxx_wrapper is not None  # first on PATH: torch checks CXX's bounds by its name (clang… or g++)
+    env["PATH"] = (f"{CXX_WRAPPER}:" if cxx else "") + (f"{SHIMS}:" if lpt else "") + "$CUDA_HOME/bin:$PATH"
     env |= dict(plan.compiler) | plan.jobs.env() | dict(plan.knobs)
-    env |= {"PYTORCH_NVCC": f"{plan.image.utility_python} {LIB / 'nvcc_cache.py'}",
-            "WHEELFARM_REAL_NVCC": "$CUDA_HOME/bin/nvcc",
-            "WHEELFARM_COMPILE_CACHE": str(COMPILE_CACHE), "WHEELFARM_CACHE_SALT": plan.cache_salt,
-            "WHEELFARM_CACHE_STATS": str(CACHE_STATS)}
+    env |= {"PYTORCH_NVCC": f"{plan.image.utility_python} {LIB / 'nvcc_shim.py'}",
+            "WHEELFARM_REAL_NVCC": "$CUDA_HOME/bin/nvcc", "WHEELFARM_SCCACHE": str(SCCACHE),
+            "WHEELFARM_TORCH_LINK": str(TORCH_LINK), "SCCACHE_IDLE_TIMEOUT": "0", **NO_NVCC_DEPFILE,
+            # a socket of the group's own: the chroot engine shares the host's network, and with it port 4226
+            "SCCACHE_SERVER_UDS": str(RUN / "sccache.sock"),
+            **dict(plan.cache_env)}
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": str(AWS_CREDENTIALS)} if plan.dirs.aws_credentials else {}
+    if cxx:  # CXX stays the compiler's name; the wrapper of that name, first on PATH, runs it through sccache
+        env |= {"WHEELFARM_REAL_CXX": plan.compiler["CXX"]}
     env |= {"PIP_CACHE_DIR": str(PIP_CACHE)} if plan.dirs.pip_cache else {}
     env |= {"PIP_FIND_LINKS": " ".join(plan.pip.find_links)} if plan.pip.find_links else {}
     env |= {"PIP_EXTRA_INDEX_URL": " ".join(plan.pip.extra_index_urls)} if plan.pip.extra_index_urls else {}
@@ -326,7 +348,7 @@ def before_build(plan: GroupPlan) -> list[str]:
         _cached("$wf_torch", [_torch_install(plan)]),
         f'echo "$wf_torch/site-packages" > "{purelib}/wheelfarm-torch.pth"',
         f"python -m pip install -q {shlex.join(BUILD_TOOLS)}",
-        f'echo "python $CIBUILDWHEEL_BUILD_IDENTIFIER" >> {CACHE_STATS}',
+        f"{SCCACHE} --zero-stats > /dev/null",  # starts this container's sccache server (with this environment)
         _mark("start"),
     ]
 
@@ -339,7 +361,9 @@ def repair_command() -> list[str]:
     keep = f"{NINJA_LOGS}/$CIBUILDWHEEL_BUILD_IDENTIFIER/build/temp"
     ninja_log = f"{{package}}/build/temp*-cpython-{PY_DIGITS}/.ninja_log"
     cmd = ["auditwheel", "repair", "--plat", "auto", "--no-update-tags", *exclude_args()]
-    return [_mark("built"), f'(mkdir -p "{keep}" && cp {ninja_log} "{keep}/") || true',
+    stats = f'{SCCACHE} --show-stats --stats-format json > "{CACHE_STATS}/$CIBUILDWHEEL_BUILD_IDENTIFIER.json"'
+    return [_mark("built"), f'mkdir -p "{CACHE_STATS}" && {stats}',
+            f'(mkdir -p "{keep}" && cp {ninja_log} "{keep}/") || true',
             f"{shlex.join(cmd)} -w {{dest_dir}} {{wheel}}", _mark("repaired")]
 
 
@@ -388,6 +412,13 @@ def to_toml(table: Mapping[str, object], section: str = "tool.cibuildwheel") -> 
     return f"[{section}]\n" + "".join(f"{key} = {value(v)}\n" for key, v in table.items())
 
 
+def cxx_wrapper_script() -> str:
+    """``$CXX`` in the container, named like it: the image's compiler (``WHEELFARM_REAL_CXX``, looked up on PATH
+    without this wrapper's folder) through sccache."""
+    return (f'#!/bin/sh\nPATH="${{PATH#{CXX_WRAPPER}:}}"\n'
+            f'exec {SCCACHE} "$(command -v "$WHEELFARM_REAL_CXX")" "$@"\n')
+
+
 def ninja_shim(python: str = UTILITY_PYTHON) -> str:
     """``ninja`` on PATH that starts the longest objects first (ninja_order.py), then the real ninja."""
     return f'#!/bin/sh\nexec {python} {LIB / "ninja_order.py"} "$@"\n'
@@ -404,13 +435,12 @@ class PythonCost:
     build_s: float | None = None  # wall seconds of cibuildwheel's build step (python -m build)
     repair_s: float | None = None
     compile_job_s: float | None = None  # the sum of ninja's per-object seconds (compile work, any parallelism)
-    cache_hits: int = 0
-    cache_stores: int = 0
-    uncached: int = 0
+    cache: CacheStats = field(default_factory=CacheStats)  # sccache's statistics of this Python's build
     objects: int = 0  # steps in that ninja log (compiles, cache hits included, and the link)
 
     def to_json(self) -> dict[str, object]:
-        return {k: round(v, 1) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        out = {k: round(v, 1) if isinstance(v, float) else v for k, v in self.__dict__.items() if k != "cache"}
+        return out | {"compile_cache": self.cache.to_json()}
 
 
 def _span(times: Mapping[str, float], start: str, end: str) -> float | None:
@@ -426,28 +456,20 @@ def ninja_job_seconds(ninja_log: str) -> float:
     return sum(int(f[1]) - int(f[0]) for f in ninja_rows(ninja_log)) / 1000
 
 
-def parse_costs(marks: str, stats: str, ninja_logs: Mapping[str, str] | None = None) -> dict[str, PythonCost]:
-    """The hooks' marks (``event identifier epoch``), the compile-cache statistics and the kept ninja logs,
-    per identifier."""
+def parse_costs(marks: str, stats: Mapping[str, str], ninja_logs: Mapping[str, str] | None = None
+                ) -> dict[str, PythonCost]:
+    """The hooks' marks (``event identifier epoch``), sccache's statistics (JSON per identifier) and the kept ninja
+    logs, per identifier."""
     times: dict[str, dict[str, float]] = {}
     for line in marks.splitlines():
         parts = line.split()
         if len(parts) == 3:
             times.setdefault(parts[1], {})[parts[0]] = float(parts[2])
-    counts: dict[str, dict[str, int]] = {}
-    current = None
-    for line in stats.splitlines():
-        what, _, rest = line.partition(" ")
-        if what == "python":
-            current = rest.strip()
-        elif current is not None:
-            counts.setdefault(current, {}).setdefault(what, 0)
-            counts[current][what] += 1
+    logs = ninja_logs or {}
     return {
         ident: PythonCost(_span(t, "before", "start"), _span(t, "start", "built"), _span(t, "built", "repaired"),
-                          ninja_job_seconds((ninja_logs or {})[ident]) if ident in (ninja_logs or {}) else None,
-                          counts.get(ident, {}).get("hit", 0), counts.get(ident, {}).get("miss", 0),
-                          counts.get(ident, {}).get("uncached", 0),
-                          len(ninja_rows((ninja_logs or {}).get(ident, ""))))
+                          ninja_job_seconds(logs[ident]) if ident in logs else None,
+                          parse_stats(stats[ident]) if ident in stats else CacheStats(),
+                          len(ninja_rows(logs.get(ident, ""))))
         for ident, t in times.items() if ident != "group"
     }

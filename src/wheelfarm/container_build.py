@@ -3,8 +3,8 @@
 Per group (same package version, torch, CUDA, ABI, archs, platform): probe the image (glibc, Pythons,
 compilers, CUDA), resolve the group's exact torch once, plan MAX_JOBS for the container's memory cap, write
 cibuildwheel's configuration (``cibw.py``, pure) and run cibuildwheel under podman or docker. Its hooks install
-CUDA and torch into mounted caches, its build shares .cu objects across Pythons through nvcc_cache, its repair
-step runs auditwheel in the image. Back on the host each wheel gets its upstream name and METADATA
+CUDA and torch into mounted caches, its build shares .cu objects across Pythons (and runners) through sccache,
+its repair step runs auditwheel in the image. Back on the host each wheel gets its upstream name and METADATA
 (``wheelmeta.relabel``) and is audited against the image's glibc.
 
 A GPU runner's own torch and CUDA can be mounted in instead of installed (``--python``: its interpreter's
@@ -48,6 +48,7 @@ from .build import (
     run_build,
 )
 from .compat import from_pypi, torch_cuda_build
+from .compile_cache import CacheTarget, parse_target, sccache_binary
 from .config import Config
 from .container import Engine, Mount, detect_engine
 from .errors import BadInput, BuildFailed
@@ -223,9 +224,31 @@ def pip_cache_dir() -> Path | None:
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
 
 
-def cache_salt(config: Config, cell: Cell, torch_version: str, image: str) -> str:
-    """What the compile-cache key must also cover: the host build's salt, plus the image."""
-    return f"{build.cache_salt(config, cell, torch_version)}|{image}"
+def container_cache(target: CacheTarget) -> CacheTarget:
+    """The cache as the container sees it: a local folder at COMPILE_CACHE, an S3 prefix as it is."""
+    return target if target.shared else CacheTarget(local=Path(str(cibw.COMPILE_CACHE)))
+
+
+def aws_credentials_file(folder: Path) -> Path:
+    """The host's S3 credentials (the standard boto3 chain: env, profile, OIDC web identity, instance metadata) as
+    an AWS credentials file for the container's sccache, mode 0600, mounted read-only: no secret ever appears in
+    the cibuildwheel configuration, an environment listing or a log."""
+    import boto3
+
+    creds = boto3.Session().get_credentials()
+    if creds is None:
+        raise BadInput("--cache s3://…: no AWS credentials found (standard chain: environment, profile, web "
+                       "identity, instance metadata)", hint="configure credentials for the cache bucket, or use a "
+                                                            "local --cache folder")
+    frozen = creds.get_frozen_credentials()
+    lines = ["[default]", f"aws_access_key_id = {frozen.access_key}", f"aws_secret_access_key = {frozen.secret_key}"]
+    lines += [f"aws_session_token = {frozen.token}"] if frozen.token else []
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "aws-credentials"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
 
 
 def container_memory_mb() -> int:
@@ -246,7 +269,8 @@ def job_plan(config: Config, cell: Cell, memory_mb: int, max_jobs: int | None) -
                      nvcc_threads=config.packages[cell.package].nvcc_threads, max_jobs=max_jobs)
 
 
-def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts, tools: RunnerTools) -> cibw.HostDirs:
+def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts, tools: RunnerTools, cache: CacheTarget,
+              cxx: str) -> cibw.HostDirs:
     base = cache_dir() / "container" / f"glibc-{facts.glibc}"  # CUDA/torch wheels chosen for this glibc
     group = paths.group_dir(cell)
     durations = durations_file(cell)
@@ -256,13 +280,21 @@ def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts, tools: Runn
         ready = torch / cibw.torch_dir(cell.python_tag, tools.torch_version)
         (ready / "site-packages").mkdir(parents=True, exist_ok=True)
         (ready / ".ready").touch()
-    dirs = cibw.HostDirs(lib=Path(__file__).resolve().parent, compile_cache=paths.work_dir / "compile-cache",
+    dirs = cibw.HostDirs(lib=Path(__file__).resolve().parent, compile_cache=cache.local, sccache=sccache_binary(),
                          cuda=base / "cuda", torch=torch, logs=group / "logs" / "container",
                          pip_cache=pip_cache_dir(), shims=group / "bin" if durations.exists() else None,
-                         durations=durations if durations.exists() else None)
-    for folder in (dirs.compile_cache, dirs.cuda, dirs.torch, dirs.logs, dirs.pip_cache, dirs.shims):
+                         durations=durations if durations.exists() else None,
+                         aws_credentials=aws_credentials_file(group / "private") if cache.shared else None,
+                         cxx_wrapper=group / "cxx", run=group / "run")
+    shutil.rmtree(group / "run", ignore_errors=True)  # a killed run's socket and link
+    for folder in (dirs.compile_cache, dirs.cuda, dirs.torch, dirs.logs, dirs.pip_cache, dirs.shims, dirs.cxx_wrapper,
+                   dirs.run):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+    assert dirs.cxx_wrapper is not None
+    wrapper = dirs.cxx_wrapper / cxx
+    wrapper.write_text(cibw.cxx_wrapper_script())
+    wrapper.chmod(0o755)
     if dirs.shims is not None:
         (dirs.shims / "ninja").write_text(cibw.ninja_shim(facts.utility_python))
         (dirs.shims / "ninja").chmod(0o755)
@@ -273,7 +305,8 @@ def host_dirs(paths: BuildPaths, cell: Cell, facts: cibw.ImageFacts, tools: Runn
 
 
 def plan_group(config: Config, cells: list[Cell], engine: Engine, image: str, paths: BuildPaths,
-               max_jobs: int | None, tools: RunnerTools | None = None) -> cibw.GroupPlan:
+               max_jobs: int | None, tools: RunnerTools | None = None, cache: CacheTarget | None = None
+               ) -> cibw.GroupPlan:
     first = cells[0]
     tools = tools or RunnerTools()
     facts = probe(engine, image)
@@ -291,11 +324,13 @@ def plan_group(config: Config, cells: list[Cell], engine: Engine, image: str, pa
     torch_version, index = (tools.torch_version, None) if tools.torch_version else \
         resolve_torch(config, first, facts.glibc)
     memory_mb = container_memory_mb()
+    target = build.cache_target(first, paths, cache)
+    compiler = cibw.choose_compiler(facts, config.torch[first.torch].cxx_std, cuda)
     return cibw.GroupPlan(
         cells=tuple(cells), image=facts, engine=engine, torch_version=torch_version, torch_index=index, cuda=cuda,
-        compiler=cibw.choose_compiler(facts, config.torch[first.torch].cxx_std, cuda),
-        jobs=job_plan(config, first, memory_mb, max_jobs), memory_mb=memory_mb, knobs=knob_env(config, first),
-        cache_salt=cache_salt(config, first, torch_version, image), dirs=host_dirs(paths, first, facts, tools),
+        compiler=compiler, jobs=job_plan(config, first, memory_mb, max_jobs), memory_mb=memory_mb,
+        knobs=knob_env(config, first), cache_env=container_cache(target).env(),
+        dirs=host_dirs(paths, first, facts, tools, target, compiler["CXX"]),
         pip=pip_sources(), extra_mounts=runner_mounts(tools, first), run_id=uuid.uuid4().hex[:12])
 
 
@@ -304,8 +339,7 @@ def _collect(plan: cibw.GroupPlan, cell: Cell, out: Path, paths: BuildPaths, log
              peaks: Peaks | None = None) -> ContainerBuildResult:
     cost = costs.get(cibw.identifier(cell), cibw.PythonCost())
     result = ContainerBuildResult(cell, False, logfile, cost.build_s or 0.0, plan.jobs, image=plan.image.ref,
-                                  glibc=plan.image.glibc, cost=cost, cache_hits=cost.cache_hits,
-                                  cache_stores=cost.cache_stores, objects_compiled=cost.objects,
+                                  glibc=plan.image.glibc, cost=cost, cache=cost.cache, objects_compiled=cost.objects,
                                   objects_total=cost.objects, peaks=peaks or Peaks())
     built = [w for w in out.glob("*.whl") if f"-{cell.python_tag}-{cell.python_tag}-" in w.name]
     if rc != 0 or len(built) != 1:
@@ -338,7 +372,7 @@ def _report(results: list[ContainerBuildResult]) -> None:
         log.info(f"  {r.cell.python_tag}: torch setup {c.torch_s or 0:.0f}s, build {c.build_s or 0:.0f}s"
                  f"{_share(c.build_s, one.build_s) if extra else ''}, compile work {c.compile_job_s or 0:.0f} job-s"
                  f"{_share(c.compile_job_s, one.compile_job_s) if extra else ''}, repair {c.repair_s or 0:.0f}s; "
-                 f"compile cache {c.cache_hits} hits, {c.cache_stores} stored")
+                 f"{c.cache.describe()}")
 
 
 def read_costs(plan: cibw.GroupPlan) -> dict[str, cibw.PythonCost]:
@@ -351,8 +385,9 @@ def read_costs(plan: cibw.GroupPlan) -> dict[str, cibw.PythonCost]:
         if (kept / "build/temp/.ninja_log").exists():
             ninja[cibw.identifier(cell)] = (kept / "build/temp/.ninja_log").read_text()
             record_durations(kept, cell)
-    text = [(logs / n).read_text() if (logs / n).exists() else "" for n in (cibw.MARKS.name, cibw.CACHE_STATS.name)]
-    return cibw.parse_costs(text[0], text[1], ninja)
+    marks = (logs / cibw.MARKS.name).read_text() if (logs / cibw.MARKS.name).exists() else ""
+    stats = {p.stem: p.read_text() for p in sorted((logs / cibw.CACHE_STATS.name).glob("*.json"))}
+    return cibw.parse_costs(marks, stats, ninja)
 
 
 def _steps_command(plan: cibw.GroupPlan, group: Path, tree: Path, out: Path) -> list[str]:
@@ -369,7 +404,8 @@ def _steps_command(plan: cibw.GroupPlan, group: Path, tree: Path, out: Path) -> 
 def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, paths: BuildPaths,
                 args: argparse.Namespace) -> list[ContainerBuildResult]:
     tools = runner_tools(cells[0], args.python, args.cuda_home)
-    plan = plan_group(config, cells, engine, image, paths, args.max_jobs, tools)
+    cache = parse_target(getattr(args, "cache", None), paths.work_dir / "compile-cache")
+    plan = plan_group(config, cells, engine, image, paths, args.max_jobs, tools, cache)
     log.info(f"job plan: {plan.jobs.describe()}; compiler {plan.compiler['CXX']}; torch {plan.torch_version}")
     tree = prepare_tree(config, cells[0], paths)
     group = paths.group_dir(cells[0])
@@ -377,9 +413,9 @@ def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, p
     toml.write_text(cibw.to_toml(plan.table()))
     out, logfile = group / "cibw-out", group / "logs" / "cibuildwheel.log"
     shutil.rmtree(out, ignore_errors=True)
-    for name in (cibw.MARKS.name, cibw.CACHE_STATS.name):
-        (plan.dirs.logs / name).unlink(missing_ok=True)
-    shutil.rmtree(plan.dirs.logs / cibw.NINJA_LOGS.name, ignore_errors=True)
+    (plan.dirs.logs / cibw.MARKS.name).unlink(missing_ok=True)
+    for name in (cibw.CACHE_STATS.name, cibw.NINJA_LOGS.name):
+        shutil.rmtree(plan.dirs.logs / name, ignore_errors=True)
     logfile.write_text(f"# wheelfarm: cibuildwheel --config-file {toml}\n")
     cmd = [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--config-file", str(toml),
            "--output-dir", str(out), "."]
@@ -396,6 +432,8 @@ def build_group(config: Config, cells: list[Cell], engine: Engine, image: str, p
     # the chroot engine's processes are this process's descendants, so their memory is measured; a podman or docker
     # container's are not (they run under the engine's monitor): no figure rather than a wrong one
     measured = peaks if engine.name == "chroot" else None
+    if plan.dirs.aws_credentials is not None:
+        plan.dirs.aws_credentials.unlink(missing_ok=True)
     costs = read_costs(plan)
     (group / "costs.json").write_text(json.dumps({k: v.to_json() for k, v in costs.items()}, indent=1))
     results = [_collect(plan, c, out, paths, logfile, rc, costs, not args.no_audit, tools.torch_lib, measured)

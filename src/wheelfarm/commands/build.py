@@ -11,6 +11,7 @@ from rich.table import Table
 from .. import log, repair, toolchain
 from ..audit import Declared
 from ..build import BuildPaths, BuildResult, build_cell
+from ..compile_cache import parse_target
 from ..config import Config
 from ..errors import BadInput, BuildFailed
 from ..matrix import Cell
@@ -33,6 +34,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "in a container its site-packages is mounted read-only")
     parser.add_argument("--cuda-home", type=Path, help="reuse this CUDA toolkit instead of the PyPI-assembled one "
                                                        "(in a container: mounted at the same path)")
+    parser.add_argument("--cache", metavar="DIR|s3://BUCKET/PREFIX",
+                        help="the compile cache (sccache): a local folder (default: <work-dir>/compile-cache) or an "
+                             "S3 bucket/prefix every runner shares, one sub-prefix per toolkit; S3 credentials from "
+                             "the standard AWS chain, endpoint from AWS_ENDPOINT_URL")
     parser.add_argument("--max-jobs", type=int, help="upper bound for MAX_JOBS (the planner may choose fewer)")
     parser.add_argument("--no-audit", action="store_true",
                         help="skip the audit of each built wheel (on the host backend also its repair)")
@@ -62,17 +67,19 @@ def _repair_and_audit(result: BuildResult, tc: toolchain.Toolchain) -> None:
 
 def _summary(results: list[BuildResult]) -> Table:
     table = Table(title="wheelfarm build")
-    for column in ("cell", "wheel", "size", "sha256", "time", "peak RSS", "objects", "result"):
+    for column in ("cell", "wheel", "size", "sha256", "time", "peak RSS", "objects", "compile cache", "result"):
         table.add_column(column, overflow="fold")
     for r in results:
         table.add_row(r.cell.describe(), r.wheel.name if r.wheel else "-", f"{r.size / 2**20:.1f} MiB",
                       r.sha256[:16], f"{r.seconds:.0f}s", f"{r.peaks.total_mb} MB",
-                      f"{r.objects_compiled}/{r.objects_total}", "ok" if r.ok else "FAILED")
+                      f"{r.objects_compiled}/{r.objects_total}",
+                      f"{r.cache.kernel_hits} .cu hits, {r.cache.kernel_misses} compiled", "ok" if r.ok else "FAILED")
     return table
 
 
 def run_builds(config: Config, cells: list[Cell], args: argparse.Namespace) -> list[BuildResult]:
     paths = _paths(config, args)
+    cache = parse_target(args.cache, paths.work_dir / "compile-cache")
     results = []
     for index, cell in enumerate(sorted(cells, key=lambda c: (c.group, c.python)), start=1):
         with log.step(f"[{index}/{len(cells)}] {cell.wheel}"):
@@ -80,7 +87,7 @@ def run_builds(config: Config, cells: list[Cell], args: argparse.Namespace) -> l
             log.info(f"toolchain: python {tc.python}, torch {tc.torch_version} (CUDA {tc.torch_cuda}, "
                      f"cxx11abi={tc.cxx11abi}), CUDA_HOME={tc.cuda_home} (nvcc {tc.nvcc_version}), "
                      f"{tc.compiler_version}")
-            result = build_cell(config, cell, tc, paths, max_jobs=args.max_jobs)
+            result = build_cell(config, cell, tc, paths, max_jobs=args.max_jobs, cache=cache)
             if result.ok and not args.no_audit:
                 _repair_and_audit(result, tc)
             if not result.ok:
@@ -90,6 +97,7 @@ def run_builds(config: Config, cells: list[Cell], args: argparse.Namespace) -> l
 
 
 def execute(args: argparse.Namespace) -> int:
+    parse_target(args.cache, Path("compile-cache"))  # a bad --cache is bad input before anything is made
     config = load_config(args)
     cells = selected_cells(config, args, use_default=True)
     if not cells:
