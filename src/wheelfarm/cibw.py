@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .compile_cache import NO_NVCC_DEPFILE, CacheStats, parse_stats
+from .compile_cache import TORCH_BUILD_ENV, CacheStats, parse_stats
 from .config import CudaRelease
 from .container import PODMAN_ULIMITS, Engine, Mount
 from .errors import BadInput
@@ -283,7 +283,7 @@ def environment(plan: GroupPlan) -> dict[str, str]:
     env |= dict(plan.compiler) | plan.jobs.env() | dict(plan.knobs)
     env |= {"PYTORCH_NVCC": f"{plan.image.utility_python} {LIB / 'nvcc_shim.py'}",
             "WHEELFARM_REAL_NVCC": "$CUDA_HOME/bin/nvcc", "WHEELFARM_SCCACHE": str(SCCACHE),
-            "WHEELFARM_TORCH_LINK": str(TORCH_LINK), "SCCACHE_IDLE_TIMEOUT": "0", **NO_NVCC_DEPFILE,
+            "WHEELFARM_TORCH_LINK": str(TORCH_LINK), "SCCACHE_IDLE_TIMEOUT": "0", **TORCH_BUILD_ENV,
             # a socket of the group's own: the chroot engine shares the host's network, and with it port 4226
             "SCCACHE_SERVER_UDS": str(RUN / "sccache.sock"),
             **dict(plan.cache_env)}

