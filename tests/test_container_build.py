@@ -388,14 +388,15 @@ def test_second_python_reuses_the_first_pythons_objects(container_group):
     statistics, each Python's own, from the container's hooks)."""
     first, second = container_group
     one, two = first["cost"], second["cost"]
-    one, two = one["compile_cache"], two["compile_cache"]  # sccache's statistics of each Python's build
-    assert (one["kernel_misses"], one["kernel_hits"]) == (5, 0)  # the five .cu files compiled once ...
-    assert (two["kernel_hits"], two["kernel_misses"]) == (5, 0)  # ... and reused by cp312
-    assert one["host_misses"] == two["host_misses"] == 1  # binding.cpp (Python.h), through the sccache CXX wrapper
+    cache_one, cache_two = one["compile_cache"], two["compile_cache"]  # sccache's statistics of each Python's build
+    assert (cache_one["kernel_misses"], cache_one["kernel_hits"]) == (5, 0)  # the five .cu files compiled once ...
+    assert (cache_two["kernel_hits"], cache_two["kernel_misses"]) == (5, 0)  # ... and reused by cp312
+    # binding.cpp (Python.h), through the sccache CXX wrapper: compiled by each Python
+    assert cache_one["host_misses"] == cache_two["host_misses"] == 1
     seconds = {r["cell"]["python"]: _object_seconds(r) for r in container_group}
     assert len(seconds["3.12"]) == len(seconds["3.11"]) == 6
-    # a hit still costs nvcc's preprocessing (sccache's key), ~2 s here, against 12-30 s to compile
-    assert {name for name, s in seconds["3.12"].items() if s >= 0.5 * seconds["3.11"][name]} == {"binding.o"}
+    # (a hit still costs nvcc's preprocessing, sccache's key: the seconds are printed here, the ratios measured by
+    # `nox -s bench`, not asserted)
     binding = seconds["3.11"]["binding.o"]
     print(f"\nextra Python (cp312 after cp311): wall {two['build_s']:.0f}s of {one['build_s']:.0f}s = "
           f"{two['build_s'] / one['build_s']:.0%}; compile work {two['compile_job_s']:.0f} of "
